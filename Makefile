@@ -1,0 +1,37 @@
+# Two commands matter: `make demo` and `make test`. Both set up what they need on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+LINT_PATHS := function_app.py orchestrators activities shared local tests
+
+.PHONY: setup demo test lint run clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: Python 3.11 is required (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: Node.js 20+ is required for Azurite"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy function_app.py orchestrators activities shared local
+
+test: lint
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m local.stack demo
+
+run: setup
+	$(PY) -m local.stack run
+
+clean:
+	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache

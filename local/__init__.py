@@ -1,0 +1,1 @@
+"""Local-only tooling (emulators, dev host); never deployed."""

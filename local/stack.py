@@ -1,0 +1,209 @@
+"""The local stack: Azurite + the devhost running ``function_app``, for ``make run`` and ``make demo``.
+
+``python -m local.stack run``  starts the stack for manual use (state kept in .local/) and prints its URLs.
+``python -m local.stack demo`` starts a throw-away stack, runs the demonstration, stops everything, and
+exits non-zero if the demonstration did not end as expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local.azurite import DEFAULT_PORT, Azurite, connection_string, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_SETTINGS = REPO_ROOT / "local.settings.sample.json"
+
+
+class DevhostProcess:
+    """One ``python -m local.devhost`` process with its settings file and log."""
+
+    def __init__(
+        self,
+        settings_path: Path,
+        log_path: Path,
+        port: int | None = None,
+        app: str = "function_app:app",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings_path = settings_path
+        self.log_path = log_path
+        self.port = port or free_port()
+        self.app = app
+        self.env = env or {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        return dict(json.loads(self.settings_path.read_text())["Keys"])
+
+    @property
+    def function_key(self) -> str:
+        return str(self.keys["host"]["default"])
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "local.devhost",
+            "--root",
+            str(REPO_ROOT),
+            "--app",
+            self.app,
+            "--settings",
+            str(self.settings_path),
+            "--port",
+            str(self.port),
+        ]
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"devhost exited with {self._process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/admin/host/ping", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"devhost did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int | None:
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.send_signal(sig)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        return self._process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def write_settings(path: Path, storage: str, extra: dict[str, str] | None = None) -> None:
+    """A local settings file from the committed sample, pointed at the given storage."""
+    settings = json.loads(SAMPLE_SETTINGS.read_text())
+    settings["Values"]["AzureWebJobsStorage"] = storage
+    settings["Values"].update(extra or {})
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ make run
+
+
+def run(port: int) -> int:
+    state = REPO_ROOT / ".local"
+    state.mkdir(exist_ok=True)
+    settings = REPO_ROOT / "local.settings.json"
+    if not settings.exists():
+        shutil.copyfile(SAMPLE_SETTINGS, settings)
+        print(f"created {settings.name} from {SAMPLE_SETTINGS.name}")
+    azurite = Azurite(location=state / "azurite", port=DEFAULT_PORT)
+    azurite.start()
+    devhost = DevhostProcess(
+        settings, state / "devhost.log", port=port, env={"AzureWebJobsStorage": azurite.connection_string}
+    )
+    try:
+        devhost.start()
+        print(
+            f"""
+Local stack running (Ctrl-C stops it):
+  Functions app     {devhost.url}/api/            (function key: Keys.host.default in {settings.name})
+  Durable self-check curl -X POST '{devhost.url}/api/selfcheck?code=<key>'
+  Host status       {devhost.url}/admin/host/status?code=<Keys.master>
+  Azurite (tables)  {azurite.table_endpoint}     (state in .local/azurite)
+  devhost log       .local/devhost.log
+""",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping...", flush=True)
+        devhost.stop()
+        azurite.stop()
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------ make demo
+
+
+def demo() -> int:
+    from local.demo import run_demo
+
+    with tempfile.TemporaryDirectory(prefix="pim-demo-") as temp, Azurite() as azurite:
+        work = Path(temp)
+        settings = work / "local.settings.json"
+        write_settings(settings, connection_string(azurite.port))
+        devhost = DevhostProcess(settings, work / "devhost.log")
+        try:
+            devhost.start()
+            ok = run_demo(devhost.url, devhost.function_key, azurite.connection_string)
+        except Exception as exc:
+            print(f"demo failed: {type(exc).__name__}: {exc}\n--- devhost log ---\n{devhost.log_tail()}")
+            ok = False
+        finally:
+            code = devhost.stop()
+            print(f"devhost stopped (exit code {code}); Azurite stopping")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.stack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="start Azurite + devhost for manual use")
+    run_parser.add_argument("--port", type=int, default=7071)
+    sub.add_parser("demo", help="run the demonstration on a throw-away stack")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args.port)
+    return demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Durable orchestrators: deterministic workflow, no I/O (design.md section 3)."""

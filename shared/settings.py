@@ -1,0 +1,352 @@
+"""One typed, frozen settings object, read from the environment once at start-up.
+
+Every external base URL is a setting, so the same code runs against Azure and a real tenant or against the
+local simulators. A missing required value fails fast, naming the variable; all missing variables are named
+in one error so a deployer fixes them in one pass. No value that could be a secret (the storage connection
+string) ever appears in an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from urllib.parse import urlsplit
+
+__all__ = [
+    "APP_ROOT",
+    "AZURITE_CONNECTION_STRING",
+    "DEFAULT_POLICY_PATH",
+    "SETTINGS_VARIABLES",
+    "Settings",
+    "SettingsError",
+    "TableStorageTarget",
+    "get_settings",
+]
+
+# The app root: the directory that holds function_app.py and the `shared` package (the repo root).
+APP_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY_PATH = APP_ROOT / "policy" / "policy.toml"
+
+ENTRA_TENANT_ID = "ENTRA_TENANT_ID"
+GRAPH_BASE_URL = "GRAPH_BASE_URL"
+BOT_APP_ID = "BOT_APP_ID"
+BOT_OPENID_METADATA_URL = "BOT_OPENID_METADATA_URL"
+BOT_CONNECTOR_SERVICE_URL = "BOT_CONNECTOR_SERVICE_URL"
+SERVICENOW_BASE_URL = "SERVICENOW_BASE_URL"
+JIRA_BASE_URL = "JIRA_BASE_URL"
+IVANTI_BASE_URL = "IVANTI_BASE_URL"
+XURRENT_BASE_URL = "XURRENT_BASE_URL"
+PAGERDUTY_BASE_URL = "PAGERDUTY_BASE_URL"
+STORAGE_CONNECTION_STRING = "AzureWebJobsStorage"
+STORAGE_TABLE_SERVICE_URI = "AzureWebJobsStorage__tableServiceUri"
+AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
+POLICY_PATH = "POLICY_PATH"
+
+SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
+    {
+        ENTRA_TENANT_ID: True,
+        GRAPH_BASE_URL: True,
+        BOT_APP_ID: True,
+        BOT_OPENID_METADATA_URL: True,
+        BOT_CONNECTOR_SERVICE_URL: True,
+        SERVICENOW_BASE_URL: False,
+        JIRA_BASE_URL: False,
+        IVANTI_BASE_URL: False,
+        XURRENT_BASE_URL: False,
+        PAGERDUTY_BASE_URL: False,
+        # "One of" pair: exactly one of these two must be set (connection string locally, e.g. Azurite;
+        # identity-based table endpoint in Azure). Neither is required on its own, so both are False here;
+        # Settings.from_env enforces the pair.
+        STORAGE_CONNECTION_STRING: False,
+        STORAGE_TABLE_SERVICE_URI: False,
+        AZURE_CLIENT_ID: False,
+        POLICY_PATH: False,
+    }
+)
+"""Every environment variable the settings object reads -> whether it is required on its own."""
+
+# The well-known Azurite development account (public, documented by Microsoft; not a secret).
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+_DEVELOPMENT_STORAGE = "usedevelopmentstorage=true"
+
+_SERVICE_VARIABLES: Mapping[str, str] = MappingProxyType(
+    {
+        "servicenow": SERVICENOW_BASE_URL,
+        "jira": JIRA_BASE_URL,
+        "ivanti": IVANTI_BASE_URL,
+        "xurrent": XURRENT_BASE_URL,
+        "pagerduty": PAGERDUTY_BASE_URL,
+    }
+)
+# Roster providers that read from an external service, and the service they read from.
+_ROSTER_PROVIDER_SERVICES: Mapping[str, str | None] = MappingProxyType(
+    {"entra_group": None, "pagerduty": "pagerduty", "servicenow_rota": "servicenow"}
+)
+_ITSM_SYSTEMS = ("servicenow", "jira", "ivanti", "xurrent")
+
+_GUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+)
+_CONNECTION_STRING_PAIR_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*=.+", re.ASCII)
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class SettingsError(ValueError):
+    """The environment does not hold a usable configuration; the message names the variable(s)."""
+
+
+@dataclass(frozen=True, repr=False)
+class TableStorageTarget:
+    """Where the audit ledger's tables live: a connection string or an identity-based table endpoint.
+
+    Exactly one of the two is set. The connection string may hold an account key, so ``repr``/``str``
+    never show it.
+    """
+
+    connection_string: str | None
+    endpoint: str | None
+
+    def __post_init__(self) -> None:
+        if (self.connection_string is None) == (self.endpoint is None):
+            raise SettingsError(
+                "TableStorageTarget needs exactly one of connection_string and endpoint"
+                f" ({STORAGE_CONNECTION_STRING} or {STORAGE_TABLE_SERVICE_URI})"
+            )
+
+    @property
+    def uses_identity(self) -> bool:
+        """True when the tables are reached with a token credential (managed identity) at ``endpoint``."""
+        return self.endpoint is not None
+
+    def __repr__(self) -> str:
+        shown = None if self.connection_string is None else "<redacted>"
+        return f"TableStorageTarget(connection_string={shown!r}, endpoint={self.endpoint!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's configuration. Build it with :meth:`from_env` (or :func:`get_settings`)."""
+
+    tenant_id: str
+    graph_base_url: str
+    bot_app_id: str
+    bot_openid_metadata_url: str
+    bot_connector_service_url: str
+    table_storage: TableStorageTarget
+    servicenow_base_url: str | None = None
+    jira_base_url: str | None = None
+    ivanti_base_url: str | None = None
+    xurrent_base_url: str | None = None
+    pagerduty_base_url: str | None = None
+    azure_client_id: str | None = None
+    policy_path: Path = field(default=DEFAULT_POLICY_PATH)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings from ``env`` (default: ``os.environ``).
+
+        Empty or blank values count as unset. All problems are reported together in one
+        :class:`SettingsError`, one per line: first the missing required variables, then malformed values.
+        """
+        source: Mapping[str, str] = os.environ if env is None else env
+        reader = _Reader(source)
+
+        tenant_id = reader.guid(ENTRA_TENANT_ID, required=True)
+        graph_base_url = reader.url(GRAPH_BASE_URL, required=True)
+        bot_app_id = reader.guid(BOT_APP_ID, required=True)
+        bot_openid_metadata_url = reader.url(BOT_OPENID_METADATA_URL, required=True)
+        bot_connector_service_url = reader.url(BOT_CONNECTOR_SERVICE_URL, required=True)
+        servicenow_base_url = reader.url(SERVICENOW_BASE_URL)
+        jira_base_url = reader.url(JIRA_BASE_URL)
+        ivanti_base_url = reader.url(IVANTI_BASE_URL)
+        xurrent_base_url = reader.url(XURRENT_BASE_URL)
+        pagerduty_base_url = reader.url(PAGERDUTY_BASE_URL)
+        table_storage = reader.table_storage()
+        azure_client_id = reader.guid(AZURE_CLIENT_ID)
+        policy_path = reader.policy_path()
+
+        reader.raise_if_problems()
+        assert tenant_id is not None and graph_base_url is not None and bot_app_id is not None
+        assert bot_openid_metadata_url is not None and bot_connector_service_url is not None
+        assert table_storage is not None
+        return cls(
+            tenant_id=tenant_id,
+            graph_base_url=graph_base_url,
+            bot_app_id=bot_app_id,
+            bot_openid_metadata_url=bot_openid_metadata_url,
+            bot_connector_service_url=bot_connector_service_url,
+            table_storage=table_storage,
+            servicenow_base_url=servicenow_base_url,
+            jira_base_url=jira_base_url,
+            ivanti_base_url=ivanti_base_url,
+            xurrent_base_url=xurrent_base_url,
+            pagerduty_base_url=pagerduty_base_url,
+            azure_client_id=azure_client_id,
+            policy_path=policy_path,
+        )
+
+    def base_url_for(self, service: str) -> str:
+        """The base URL of ``service`` (servicenow, jira, ivanti, xurrent, pagerduty), without trailing slash.
+
+        Raises :class:`SettingsError` naming the variable to set when it is not configured.
+        """
+        variable = _SERVICE_VARIABLES.get(service)
+        if variable is None:
+            known = ", ".join(_SERVICE_VARIABLES)
+            raise SettingsError(f"unknown service {service!r} (known: {known})")
+        url: str | None = getattr(self, f"{service}_base_url")
+        if url is None:
+            raise SettingsError(f"{service} is used but not configured: set {variable} to its base URL")
+        return url
+
+    def check_for_policy(self, enabled_itsm: Iterable[str], roster_provider: str) -> None:
+        """Fail fast when the policy needs a base URL that is not configured.
+
+        Every enabled ITSM needs its base URL (ticket notes and state changes go back to it); the
+        ``pagerduty`` roster provider needs PAGERDUTY_BASE_URL and ``servicenow_rota`` needs
+        SERVICENOW_BASE_URL. All missing variables are named in one :class:`SettingsError`.
+        """
+        needed: dict[str, list[str]] = {}
+        for system in enabled_itsm:
+            if system not in _ITSM_SYSTEMS:
+                raise SettingsError(f"unknown ITSM system {system!r} (known: {', '.join(_ITSM_SYSTEMS)})")
+            needed.setdefault(system, []).append(f"ITSM {system!r} is enabled in the policy")
+        if roster_provider not in _ROSTER_PROVIDER_SERVICES:
+            known = ", ".join(_ROSTER_PROVIDER_SERVICES)
+            raise SettingsError(f"unknown roster provider {roster_provider!r} (known: {known})")
+        roster_service = _ROSTER_PROVIDER_SERVICES[roster_provider]
+        if roster_service is not None:
+            needed.setdefault(roster_service, []).append(f"roster provider is {roster_provider!r}")
+        missing = [
+            f"{_SERVICE_VARIABLES[service]} (required because {' and '.join(reasons)})"
+            for service, reasons in needed.items()
+            if getattr(self, f"{service}_base_url") is None
+        ]
+        if missing:
+            raise SettingsError("missing setting(s) required by the policy: " + "; ".join(missing))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from ``os.environ`` on first use (for the composition root)."""
+    return Settings.from_env()
+
+
+class _Reader:
+    """Reads variables from one mapping and collects every problem before failing."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._missing: list[str] = []
+        self._problems: list[str] = []
+
+    def _get(self, name: str, *, required: bool = False) -> str | None:
+        value = self._env.get(name)
+        if value is None or not value.strip():
+            if required:
+                self._missing.append(name)
+            return None
+        return value.strip()
+
+    def guid(self, name: str, *, required: bool = False) -> str | None:
+        value = self._get(name, required=required)
+        if value is None:
+            return None
+        if not _GUID_RE.fullmatch(value):
+            self._problems.append(
+                f"{name}={value!r} is not a GUID (expected 8-4-4-4-12 hexadecimal digits, "
+                "e.g. 00000000-0000-0000-0000-000000000000)"
+            )
+            return None
+        return value.lower()
+
+    def url(self, name: str, *, required: bool = False) -> str | None:
+        value = self._get(name, required=required)
+        if value is None:
+            return None
+        problem = _url_problem(value)
+        if problem is not None:
+            self._problems.append(f"{name} {problem}")
+            return None
+        return value.rstrip("/")
+
+    def table_storage(self) -> TableStorageTarget | None:
+        connection_string = self._get(STORAGE_CONNECTION_STRING)
+        endpoint = self._get(STORAGE_TABLE_SERVICE_URI)
+        if connection_string is None and endpoint is None:
+            self._missing.append(f"{STORAGE_CONNECTION_STRING} or {STORAGE_TABLE_SERVICE_URI}")
+            return None
+        if connection_string is not None and endpoint is not None:
+            self._problems.append(
+                f"{STORAGE_CONNECTION_STRING} and {STORAGE_TABLE_SERVICE_URI} are both set: set only one "
+                "(a connection string locally, the identity-based table endpoint in Azure)"
+            )
+            return None
+        if connection_string is not None:
+            if connection_string.lower() == _DEVELOPMENT_STORAGE:
+                return TableStorageTarget(connection_string=AZURITE_CONNECTION_STRING, endpoint=None)
+            pairs = [pair for pair in connection_string.split(";") if pair.strip()]
+            if not pairs or not all(_CONNECTION_STRING_PAIR_RE.fullmatch(pair.strip()) for pair in pairs):
+                # Never echo the value: it may hold an account key.
+                self._problems.append(
+                    f"{STORAGE_CONNECTION_STRING} is not a storage connection string (expected "
+                    "Key=Value pairs separated by ';', or UseDevelopmentStorage=true); the value is not shown"
+                )
+                return None
+            return TableStorageTarget(connection_string=connection_string, endpoint=None)
+        assert endpoint is not None
+        problem = _url_problem(endpoint)
+        if problem is not None:
+            self._problems.append(f"{STORAGE_TABLE_SERVICE_URI} {problem}")
+            return None
+        return TableStorageTarget(connection_string=None, endpoint=endpoint.rstrip("/"))
+
+    def policy_path(self) -> Path:
+        value = self._get(POLICY_PATH)
+        if value is None:
+            return DEFAULT_POLICY_PATH
+        path = Path(value)
+        return path if path.is_absolute() else APP_ROOT / path
+
+    def raise_if_problems(self) -> None:
+        lines: list[str] = []
+        if self._missing:
+            lines.append("missing required setting(s): " + ", ".join(self._missing))
+        lines.extend(self._problems)
+        if lines:
+            raise SettingsError("\n".join(lines))
+
+
+def _url_problem(value: str) -> str | None:
+    """Why ``value`` is not an acceptable base URL, or None. Never echoes embedded credentials."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return f"={value!r} is not an absolute http(s) URL (it cannot be parsed)"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials (user:password@); the value is not shown"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"={value!r} is not an absolute http(s) URL (expected e.g. https://host/path)"
+    if parts.query or parts.fragment:
+        return f"={value!r} is a base URL and must not have a query or fragment"
+    if parts.scheme == "http" and host.lower() not in _LOOPBACK_HOSTS:
+        return (
+            f"={value!r} uses plain http to a non-loopback host {host!r}: use https "
+            "(http is only allowed for 127.0.0.1, localhost and ::1, i.e. local simulators)"
+        )
+    return None
