@@ -340,7 +340,7 @@ class RolePolicy(_Model):
     name: Text
     template_id: Guid
     tier: Tier
-    approval: ApprovalPath
+    approval: ApprovalPath = "major_incident_window"
     max_duration: Duration
     proof_deadline: Duration = _DEFAULT_PROOF_DEADLINE
     required_probes: tuple[Probe, ...]
@@ -350,18 +350,22 @@ class RolePolicy(_Model):
     @model_validator(mode="before")
     @classmethod
     def _tier_defaults(cls, data: Any) -> Any:
-        # Session revocation and responder confirmation default to on for high-tier roles.
+        # design.md: the default is two-person approval, session revocation and responder confirmation
+        # for high-tier roles, the major-incident window rule for standard roles; a policy may choose
+        # the window rule for a high-tier role too ("both exist, chosen per role").
         if isinstance(data, dict) and data.get("tier") in ("high", "standard"):
             high = data["tier"] == "high"
-            defaults = {"revoke_sessions": high, "responder_confirmation": high}
+            defaults = {
+                "approval": "two_person" if high else "major_incident_window",
+                "revoke_sessions": high,
+                "responder_confirmation": high,
+            }
             return {**defaults, **data}
         return data
 
     @model_validator(mode="after")
     def _check(self) -> RolePolicy:
         issues = _Issues()
-        if self.tier == "high" and self.approval != "two_person":
-            issues.value(("approval",), self.approval, "a high-tier role requires 'two_person' approval")
         if self.proof_deadline >= self.max_duration:
             issues.value(
                 ("proof_deadline",),

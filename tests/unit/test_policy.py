@@ -442,13 +442,16 @@ def test_duplicate_template_id_is_refused():
     assert problem.startswith(f"{SOURCE}: roles[1].template_id = '{global_admin}': duplicate template_id")
 
 
-def test_high_tier_role_requires_two_person_approval():
+def test_high_tier_role_may_choose_the_major_incident_window():
     text = edit('tier = "high"\napproval = "two_person"', 'tier = "high"\napproval = "major_incident_window"')
-    problem = only_problem_of(text)
-    assert problem == (
-        f"{SOURCE}: roles[0].approval = 'major_incident_window': "
-        "a high-tier role requires 'two_person' approval"
-    )
+    assert parse_policy(text, SOURCE).roles[0].approval == "major_incident_window"
+
+
+def test_approval_path_defaults_by_tier():
+    text = edit('tier = "high"\napproval = "two_person"', 'tier = "high"')
+    text = text.replace('approval = "major_incident_window"\n', "", 1)
+    policy = parse_policy(text, SOURCE)
+    assert [role.approval for role in policy.roles[:2]] == ["two_person", "major_incident_window"]
 
 
 def test_unknown_probe_is_refused_with_a_suggestion():
