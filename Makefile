@@ -1,5 +1,6 @@
 # Two commands matter: `make demo` and `make test`. Both set up what they need on a fresh clone.
-PYTHON ?= python3.11
+# Python 3.11 (what Azure runs): python3.11 if present, else python3 (checked below).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 LINT_PATHS := function_app.py orchestrators activities shared local tests
@@ -9,7 +10,7 @@ LINT_PATHS := function_app.py orchestrators activities shared local tests
 setup: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
-	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: Python 3.11 is required (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "Python 3.11 is required (found: $(PYTHON)); set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

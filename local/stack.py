@@ -8,6 +8,8 @@ exits non-zero if the demonstration did not end as expected.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -22,13 +24,33 @@ from typing import Any
 import httpx
 
 from local.azurite import DEFAULT_PORT, Azurite, connection_string, free_port
+from local.devhost.config import HUB_OVERRIDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SETTINGS = REPO_ROOT / "local.settings.sample.json"
+# The settings file is authoritative for these: never inherit them from the caller's environment.
+_ISOLATED_ENV = ("AzureWebJobsStorage", HUB_OVERRIDE)
+# Safety net for interpreter exit (Ctrl-C between a start and its stop): no devhost is left behind.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # the devhost leads its own session
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+    _LIVE.discard(process)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for process in list(_LIVE):
+        _kill_group(process)
 
 
 class DevhostProcess:
-    """One ``python -m local.devhost`` process with its settings file and log."""
+    """One ``python -m local.devhost`` process with its settings file and its log (stdout + stderr)."""
 
     def __init__(
         self,
@@ -43,6 +65,7 @@ class DevhostProcess:
         self.port = port or free_port()
         self.app = app
         self.env = env or {}
+        self.started_wall: float | None = None  # time.time() just before the last start
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,6 +74,7 @@ class DevhostProcess:
 
     @property
     def keys(self) -> dict[str, Any]:
+        """The ``Keys`` object the devhost wrote back into the settings file on its first start."""
         return dict(json.loads(self.settings_path.read_text())["Keys"])
 
     @property
@@ -62,28 +86,20 @@ class DevhostProcess:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 30.0) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "local.devhost",
-            "--root",
-            str(REPO_ROOT),
-            "--app",
-            self.app,
-            "--settings",
-            str(self.settings_path),
-            "--port",
-            str(self.port),
-        ]
+        if self.running:
+            raise RuntimeError("devhost already running")
+        command = [sys.executable, "-m", "local.devhost", "--root", str(REPO_ROOT), "--app", self.app,
+                   "--settings", str(self.settings_path), "--port", str(self.port)]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k not in _ISOLATED_ENV}
+        env.update(self.env, PYTHONUNBUFFERED="1")
         with self.log_path.open("ab") as log:
+            self.started_wall = time.time()
+            # Its own session: a Ctrl-C in the terminal reaches the stack, which stops it in order.
             self._process = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, **self.env},
+                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,
-            )
+            )  # fmt: skip
+        _LIVE.add(self._process)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -98,6 +114,7 @@ class DevhostProcess:
         raise RuntimeError(f"devhost did not answer within {timeout} s:\n{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` and return the exit code; SIGKILL and RuntimeError if it does not exit in time."""
         if self._process is None:
             return None
         if self._process.poll() is None:
@@ -105,12 +122,20 @@ class DevhostProcess:
             try:
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                _kill_group(self._process)
+                raise RuntimeError(f"devhost did not exit within {timeout} s of signal {sig}") from None
+        _LIVE.discard(self._process)
         return self._process.returncode
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """SIGKILL the devhost (no shutdown code runs), as a crash would."""
+        if self._process is not None:
+            _kill_group(self._process)
+
+    def restart(self) -> None:
+        if self.running:
+            self.stop()
+        self.start()
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

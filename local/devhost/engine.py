@@ -17,6 +17,7 @@ How it mirrors the Durable Task Framework, so that the SDK's replay sees what it
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import traceback
@@ -157,6 +158,7 @@ class Engine:
                 raise InstanceNotFoundError(f"No instance with ID '{instance_id}' found.")
             if instance.is_terminal:
                 raise InstanceGoneError(f"Instance '{instance_id}' is {instance.status}.")
+            instance = copy.deepcopy(instance)  # readers see the cached state only once committed
             start = len(instance.history)
             effects = _Effects()
             instance.history.append(h.execution_terminated(reason))
@@ -216,21 +218,27 @@ class Engine:
                     )
                 return
             if instance.status == "Pending":
-                dispatch.append((instance, await self._episode_and_commit(instance, None)))
+                instance, effects = await self._episode_and_commit(instance, None)
+                dispatch.append((instance, effects))
                 if instance.is_terminal:
                     new_event = None
             if new_event is not None:
                 if not self._accepts(instance, new_event):
                     return
-                dispatch.append((instance, await self._episode_and_commit(instance, new_event)))
+                dispatch.append(await self._episode_and_commit(instance, new_event))
         for inst, effects in dispatch:
             self._dispatch(inst, effects)
 
-    async def _episode_and_commit(self, instance: Instance, new_event: h.HistoryEvent | None) -> _Effects:
+    async def _episode_and_commit(
+        self, committed: Instance, new_event: h.HistoryEvent | None
+    ) -> tuple[Instance, _Effects]:
+        # The episode works on a copy: status queries (which do not take the lock) must never see a
+        # state that is not yet in storage and could be lost by a crash.
+        instance = copy.deepcopy(committed)
         start = len(instance.history)
         effects = self._episode(instance, new_event)
         await self._commit(instance, start)
-        return effects
+        return instance, effects
 
     def _episode(self, instance: Instance, new_event: h.HistoryEvent | None) -> _Effects:
         engine = instance.engine
@@ -520,7 +528,7 @@ class Engine:
         if instance_id in self._cache:
             return self._cache[instance_id]
         instance = await self._store.load(instance_id)
-        if instance is not None:
+        if instance is not None and not instance.is_terminal:  # ended instances are read, not worked on
             self._cache[instance_id] = instance
         return instance
 
@@ -569,6 +577,7 @@ class Engine:
             self._spawn(self._apply(instance_id, None))
         if instance.is_terminal:
             self._cancel_all_timers(instance_id)
+            self._cache.pop(instance_id, None)
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         async def guarded() -> None:

@@ -31,6 +31,8 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (the SDK warns on some replays) would otherwise be plain text on stderr.
+    logging.captureWarnings(True)
     # The Azure SDKs log every HTTP request at INFO; they would drown the host's own events.
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

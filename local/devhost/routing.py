@@ -11,6 +11,7 @@ _CONSTRAINTS = {
     "alpha": r"[A-Za-z]+",
     "bool": r"(?i:true|false)",
 }
+_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _PARAMETER = re.compile(
     r"^\{(?P<star>\*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<constraint>[a-z]+))?(?P<opt>\?)?\}$"
 )
@@ -43,7 +44,13 @@ class RouteTemplate:
             pattern = _CONSTRAINTS.get(constraint or "", r"[^/]+")
             group = f"/(?P<{name}>{pattern})"
             parts.append(f"(?:{group})?" if match["opt"] else group)
-        self._regex = re.compile("^" + "".join(parts) + "/?$")
+        # Literals match in any case, as in ASP.NET Core routing; parameter values keep their case.
+        self._regex = re.compile("^" + "".join(parts) + "/?$", re.IGNORECASE)
+        self._ranges = {
+            m["name"]: _RANGES[m["constraint"]]
+            for m in map(_PARAMETER.match, self.template.split("/"))
+            if m is not None and m["constraint"] in _RANGES
+        }
         # Sort key: more literal segments first, catch-alls last.
         self.precedence = (-literals, "{*" in self.template, self.template)
 
@@ -52,4 +59,8 @@ class RouteTemplate:
         found = self._regex.match(path.rstrip("/") if path != "/" else "")
         if found is None:
             return None
-        return {k: v for k, v in found.groupdict().items() if v is not None}
+        values = {k: v for k, v in found.groupdict().items() if v is not None}
+        for name, (low, high) in self._ranges.items():
+            if name in values and not low <= int(values[name]) <= high:
+                return None  # {x:int} is an Int32 on the host: a larger number does not match
+        return values

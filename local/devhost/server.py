@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import azure.functions as func
+from azure.durable_functions.models.utils.http_utils import _close_session as close_durable_client_session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -88,6 +89,8 @@ class HostApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.timers.stop()
                 await self.engine.stop()
+                # The SDK's Durable client keeps one module-level aiohttp session and never closes it.
+                await close_durable_client_session()
                 logs.event("host.stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -108,8 +111,9 @@ class HostApp:
                 if not self._key_ok(request, self.config.keys.system_keys()):
                     return _error(401, "a valid Durable system key is required")
                 return await self._durable(request, path[len(WEBHOOK_PREFIX) :])
+            # Like the Functions host (ASP.NET Core routing), the prefix and literals match in any case.
             prefix = "/" + self.config.route_prefix if self.config.route_prefix else ""
-            if path == prefix or path.startswith(prefix + "/"):
+            if path.lower() == prefix.lower() or path.lower().startswith(prefix.lower() + "/"):
                 return await self._function(request, path[len(prefix) :] or "/")
             return _error(404, f"no route for {path}")
         except Exception:

@@ -52,8 +52,9 @@ async def start(req: func.HttpRequest, client: df.DurableOrchestrationClient) ->
 @app.durable_client_input(client_name="client")
 async def raise_event(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     body = req.get_body()
-    await client.raise_event(req.route_params["instanceId"], req.route_params["eventName"],
-                             json.loads(body) if body else None)
+    await client.raise_event(
+        req.route_params["instanceId"], req.route_params["eventName"], json.loads(body) if body else None
+    )
     return func.HttpResponse(status_code=202)
 
 
@@ -63,11 +64,16 @@ async def status(req: func.HttpRequest, client: df.DurableOrchestrationClient) -
     found = await client.get_status(req.route_params["instanceId"])
     if found.runtime_status is None:
         return func.HttpResponse(status_code=404)
-    return func.HttpResponse(json.dumps({
-        "runtimeStatus": found.runtime_status.value,
-        "output": found.output,
-        "customStatus": found.custom_status,
-    }), mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps(
+            {
+                "runtimeStatus": found.runtime_status.value,
+                "output": found.output,
+                "customStatus": found.custom_status,
+            }
+        ),
+        mimetype="application/json",
+    )
 
 
 @app.route(route="instances/{instanceId}/terminate", methods=["POST"])
@@ -93,8 +99,9 @@ async def purge(req: func.HttpRequest, client: df.DurableOrchestrationClient) ->
 
 @app.route(route="items/{itemId:int}/{label?}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def item(req: func.HttpRequest) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps({"route": dict(req.route_params), "query": dict(req.params)}),
-                             mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps({"route": dict(req.route_params), "query": dict(req.params)}), mimetype="application/json"
+    )
 
 
 @app.route(route="admin-only", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
@@ -151,7 +158,7 @@ def always_fails(key: str) -> str:
 
 @app.activity_trigger(input_name="key")
 def slow_step(key: str) -> str:
-    runs = _count(f"slow-{key}")
+    _count(f"slow-{key}")
     time.sleep(1.5)
     return f"slow step for {key}"
 
@@ -213,7 +220,8 @@ def early_event(context: df.DurableOrchestrationContext):
 @app.orchestration_trigger(context_name="context")
 def retrying(context: df.DurableOrchestrationContext):
     result = yield context.call_activity_with_retry(
-        "flaky", df.RetryOptions(first_retry_interval_in_milliseconds=200, max_number_of_attempts=3),
+        "flaky",
+        df.RetryOptions(first_retry_interval_in_milliseconds=200, max_number_of_attempts=3),
         context.get_input(),
     )
     return result
@@ -223,11 +231,13 @@ def retrying(context: df.DurableOrchestrationContext):
 def retrying_in_parallel(context: df.DurableOrchestrationContext):
     options = df.RetryOptions(first_retry_interval_in_milliseconds=200, max_number_of_attempts=3)
     key = context.get_input()
-    results = yield context.task_all([
-        context.call_activity_with_retry("flaky", options, f"{key}-a"),
-        context.call_activity("double", 5),
-        context.call_activity_with_retry("flaky", options, f"{key}-b"),
-    ])
+    results = yield context.task_all(
+        [
+            context.call_activity_with_retry("flaky", options, f"{key}-a"),
+            context.call_activity("double", 5),
+            context.call_activity_with_retry("flaky", options, f"{key}-b"),
+        ]
+    )
     return results
 
 
@@ -235,7 +245,8 @@ def retrying_in_parallel(context: df.DurableOrchestrationContext):
 def retry_exhausted(context: df.DurableOrchestrationContext):
     try:
         yield context.call_activity_with_retry(
-            "always_fails", df.RetryOptions(first_retry_interval_in_milliseconds=100, max_number_of_attempts=2),
+            "always_fails",
+            df.RetryOptions(first_retry_interval_in_milliseconds=100, max_number_of_attempts=2),
             context.get_input(),
         )
     except Exception as exc:

@@ -19,8 +19,11 @@ def app_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProces
         settings = work / "local.settings.json"
         # A hub of its own, so that nothing of another module's instances is visible here.
         hub = f"E2e{uuid.uuid4().hex[:12]}"
-        write_settings(settings, azurite.connection_string,
-                       {"AzureFunctionsJobHost__extensions__durableTask__hubName": hub})
+        write_settings(
+            settings,
+            azurite.connection_string,
+            {"AzureFunctionsJobHost__extensions__durableTask__hubName": hub},
+        )
         host = DevhostProcess(settings, work / "devhost.log")
         host.start()
         try:

@@ -36,8 +36,11 @@ def test_self_check_passes_through_activity_timer_and_acknowledgement(app_host: 
         assert body["statusUrl"].endswith(f"/api/selfcheck/{body['instanceId']}")
         assert "code=" not in started.text, "Durable management URLs (with the system key) must not leak"
         status_url = f"/api/selfcheck/{body['instanceId']}"
-        _wait_for(client, status_url,
-                  lambda b: (b.get("customStatus") or {}).get("stage") == "awaiting_acknowledgement")
+        _wait_for(
+            client,
+            status_url,
+            lambda b: (b.get("customStatus") or {}).get("stage") == "awaiting_acknowledgement",
+        )
         assert client.post(f"{status_url}/acknowledge").status_code == 202
         final = _wait_for(client, status_url, lambda b: b["runtimeStatus"] == "Completed")
     steps = [step["step"] for step in final["output"]["steps"]]
@@ -69,8 +72,9 @@ def test_self_check_without_acknowledgement_ends_at_its_deadline(app_host: Devho
         (b"[1]", "must be a JSON object"),
     ],
 )
-def test_self_check_rejects_bad_input_with_a_clear_message(app_host: DevhostProcess, body: bytes,
-                                                           message: str) -> None:
+def test_self_check_rejects_bad_input_with_a_clear_message(
+    app_host: DevhostProcess, body: bytes, message: str
+) -> None:
     with _client(app_host) as client:
         response = client.post("/api/selfcheck", content=body)
     assert response.status_code == 400
