@@ -5,6 +5,10 @@ import azure.functions as func
 
 from activities import self_check as self_check_activities
 from orchestrators import self_check
+from shared.configuration import load_configuration
+
+# Fail fast at start-up: a missing setting or a bad policy names itself in the host's log.
+load_configuration()
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(self_check.bp)

@@ -7,8 +7,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from shared.policy import load_policy
-from shared.settings import get_settings
+from shared.configuration import load_configuration
 from shared.version import APP_VERSION
 
 ENVIRONMENT_ACTIVITY = "self_check_environment"
@@ -18,12 +17,12 @@ bp = df.Blueprint()
 
 def describe_environment() -> dict[str, Any]:
     """What an operator needs to know that the app and its policy loaded in this deployment."""
-    settings = get_settings()
-    policy = load_policy(settings.policy_path)
+    policy = load_configuration().policy
     return {
         "appVersion": APP_VERSION,
         "policyVersion": policy.version,
         "policyHash": policy.version_hash,
+        "policyFileHash": policy.file_hash,
         "hostTime": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -13,23 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from azure.data.tables import TableServiceClient
+
+from local.devhost.history import EventType
+from local.devhost.store import read_committed_history
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _EVENT_NAMES = {
-    0: "execution started",
-    1: "execution completed",
-    3: "execution terminated",
-    4: "activity scheduled",
-    5: "activity completed",
-    6: "activity failed",
-    7: "sub-orchestration started",
-    8: "sub-orchestration completed",
-    9: "sub-orchestration failed",
-    10: "timer created",
-    11: "timer fired",
-    15: "event raised",
+    EventType.EXECUTION_STARTED: "execution started",
+    EventType.EXECUTION_COMPLETED: "execution completed",
+    EventType.EXECUTION_TERMINATED: "execution terminated",
+    EventType.TASK_SCHEDULED: "activity scheduled",
+    EventType.TASK_COMPLETED: "activity completed",
+    EventType.TASK_FAILED: "activity failed",
+    EventType.SUB_ORCHESTRATION_CREATED: "sub-orchestration started",
+    EventType.SUB_ORCHESTRATION_COMPLETED: "sub-orchestration completed",
+    EventType.SUB_ORCHESTRATION_FAILED: "sub-orchestration failed",
+    EventType.TIMER_CREATED: "timer created",
+    EventType.TIMER_FIRED: "timer fired",
+    EventType.EVENT_RAISED: "event raised",
 }
 
 
@@ -48,25 +50,21 @@ def _wait(client: httpx.Client, url: str, done: Any, timeout: float = 60.0) -> d
 
 def history_timeline(connection: str, instance_id: str) -> list[str]:
     """Readable lines from the persisted history rows (what the engine stored, in order)."""
-    service = TableServiceClient.from_connection_string(connection)
-    hub = _hub()
-    state = service.get_table_client(f"{hub}Instances").get_entity(instance_id, "state")
-    rows = sorted(
-        service.get_table_client(f"{hub}History").query_entities(
-            "PartitionKey eq @id", parameters={"id": instance_id}
-        ),
-        key=lambda row: row["RowKey"],
-    )[: int(state["HistoryLength"])]
     lines = []
-    for row in rows:
-        label = _EVENT_NAMES.get(int(row["EventType"]))
+    scheduled: dict[int, str] = {}
+    for event in read_committed_history(connection, _hub(), instance_id):
+        kind = EventType(event["EventType"])
+        label = _EVENT_NAMES.get(kind)
         if label is None:
             continue
-        event = json.loads(row["Event"])
         detail = event.get("Name") or ""
+        if kind == EventType.TASK_SCHEDULED:
+            scheduled[int(event["EventId"])] = detail
+        if "TaskScheduledId" in event:
+            detail = scheduled.get(int(event["TaskScheduledId"]), "")
         if "FireAt" in event:
-            detail = f"fires at {event['FireAt'][11:19]}"
-        lines.append(f"  {row['EventTimestamp'][11:23]}  {label:<22} {detail}")
+            detail = f"timer {event.get('TimerId', event['EventId'])}, due {event['FireAt'][11:19]}"
+        lines.append(f"  {event['Timestamp'][11:23]}  {label:<22} {detail}")
     return lines
 
 

@@ -144,10 +144,15 @@ class DevhostProcess:
 
 
 def write_settings(path: Path, storage: str, extra: dict[str, str] | None = None) -> None:
-    """A local settings file from the committed sample, pointed at the given storage."""
+    """A local settings file from the committed sample, pointed at the given storage, with ``extra``
+    values on top (an empty value removes that setting)."""
     settings = json.loads(SAMPLE_SETTINGS.read_text())
     settings["Values"]["AzureWebJobsStorage"] = storage
-    settings["Values"].update(extra or {})
+    for name, value in (extra or {}).items():
+        if value:
+            settings["Values"][name] = value
+        else:
+            settings["Values"].pop(name, None)
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
@@ -179,6 +184,8 @@ Local stack running (Ctrl-C stops it):
 """,
             flush=True,
         )
+        # Explicit handlers: a shell script's background job starts with SIGINT ignored.
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         while True:
             time.sleep(3600)

@@ -32,6 +32,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -578,9 +579,11 @@ class Policy(_Model):
         return tuple(role.name for role in self.roles)
 
     def role(self, name: str) -> RolePolicy:
-        """The role called exactly ``name``; :class:`UnknownRoleError` lists the allowed roles otherwise."""
+        """The role called ``name``, in any case (names are unique ignoring case, so this is unambiguous,
+        and an ITSM form may not keep the case); :class:`UnknownRoleError` lists the allowed roles."""
+        wanted = name.strip().casefold()
         for role in self.roles:
-            if role.name == name:
+            if role.name.casefold() == wanted:
                 return role
         raise UnknownRoleError(name, self.role_names)
 
@@ -601,8 +604,16 @@ class Policy(_Model):
 
     @cached_property
     def version_hash(self) -> str:
-        """``sha256:<64 hex>`` of :meth:`canonical_json`; recorded in every audit row."""
+        """``sha256:<64 hex>`` of :meth:`canonical_json`: what the policy means, recorded in every audit row."""
         return "sha256:" + hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+    @property
+    def file_hash(self) -> str:
+        """``sha256:<64 hex>`` of the policy file's exact bytes (``sha256sum policy/policy.toml``), so an
+        auditor can tie an audit row to the file at a commit; recorded beside :attr:`version_hash`."""
+        return self._file_hash
+
+    _file_hash: str = PrivateAttr(default="")
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -632,9 +643,11 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError([f"{source}: invalid TOML: {exc}"]) from None
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         raise PolicyError([f"{source}: {problem}" for problem in _problems_from(exc)]) from None
+    policy._file_hash = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return policy
 
 
 # --- error formatting --------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             root, (args.settings or root / "local.settings.json").resolve(), args.host, args.port, args.app
         )
         catalog = build_catalog(load_app(args.app, root))
-        timers = TimerTriggers(catalog.timers, root)
+        timers = TimerTriggers(catalog.timers, config)
     except (ConfigError, AppLoadError, ScheduleError, ValueError) as exc:
         logs.event("host.config_error", 40, error=str(exc))
         print(f"devhost: {exc}", file=sys.stderr)
@@ -57,7 +57,7 @@ async def _serve(config, catalog, timers) -> int:  # type: ignore[no-untyped-def
         )
         await store.close()
         return 3
-    engine = Engine(store, catalog, config.root)
+    engine = Engine(store, catalog, config)
     app = HostApp(config, catalog, engine, timers)
     server = _Server(
         uvicorn.Config(
@@ -75,11 +75,23 @@ async def _serve(config, catalog, timers) -> int:  # type: ignore[no-untyped-def
         # SIGINT and SIGTERM both stop accepting requests, then run the lifespan shutdown (timer
         # triggers and activities stopped, storage closed) and exit 0.
         loop.add_signal_handler(sig, server.request_exit, sig)
+    starter = asyncio.ensure_future(_start_timers_when_listening(server, timers))
     try:
         await server.serve()
     finally:
+        starter.cancel()
         await store.close()
     return 0 if server.started else 1
+
+
+async def _start_timers_when_listening(server: uvicorn.Server, timers: TimerTriggers) -> None:
+    # As on the Functions host, timer triggers (runOnStartup ones included) start once the host
+    # serves requests: a trigger that uses the Durable client calls back into this process.
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.02)
+    timers.start()
 
 
 class _Server(uvicorn.Server):

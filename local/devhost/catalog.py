@@ -21,6 +21,7 @@ from typing import Any
 
 import azure.functions as func
 
+from .config import HostConfig, durable_client_binding
 from .routing import RouteTemplate
 
 SUPPORTED_TRIGGERS = {"httpTrigger", "timerTrigger", "orchestrationTrigger", "activityTrigger"}
@@ -160,10 +161,17 @@ class InvocationContext(func.Context):
         return None
 
 
-async def invoke(spec: FunctionSpec, kwargs: dict[str, Any], root: Path) -> Any:
-    """Call a user function as the Python worker does: coroutines on the loop, the rest in a thread."""
+async def invoke(spec: FunctionSpec, kwargs: dict[str, Any], config: HostConfig) -> Any:
+    """Call a user function as the Python worker does: coroutines on the loop, the rest in a thread.
+
+    ``kwargs`` holds the trigger's argument; the Durable client binding (any trigger type may declare
+    one) and the ``context`` parameter are added here.
+    """
+    client = spec.binding("durableClient")
+    if client is not None:
+        kwargs[client["name"]] = json.dumps(durable_client_binding(config))
     if spec.wants_context:
-        kwargs["context"] = InvocationContext(spec.name, str(root))
+        kwargs["context"] = InvocationContext(spec.name, str(config.root))
     if spec.is_async:
         return await spec.user_function(**kwargs)
     return await asyncio.to_thread(spec.user_function, **kwargs)

@@ -8,11 +8,15 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from . import logs
 
 # Environment overrides of host.json use the Functions host's own convention.
 HUB_OVERRIDE = "AzureFunctionsJobHost__extensions__durableTask__hubName"
+# The SDK's client calls rpcBaseUrl (loopback only); the management URLs use the key-protected routes.
+RPC_PREFIX = "/durabletask/"
+WEBHOOK_PREFIX = "/runtime/webhooks/durabletask/"
 
 
 class ConfigError(RuntimeError):
@@ -62,12 +66,48 @@ class HostConfig:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        # Listening on every interface is not an address a client can call back.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     @property
     def rpc_origin(self) -> str:
         # The SDK's client calls back over loopback whatever interface the host listens on.
         return f"http://127.0.0.1:{self.port}"
+
+
+def durable_client_binding(config: HostConfig) -> dict[str, Any]:
+    """The Durable client binding JSON, shaped like the one the Functions host passes to functions."""
+    base = config.base_url
+    hub = config.hub
+    query = f"taskHub={quote(hub)}&connection=Storage&code={quote(config.keys.durable_system_key)}"
+    create = f"{base}{WEBHOOK_PREFIX}orchestrators/{{functionName}}[/{{instanceId}}]"
+    instance = f"{base}{WEBHOOK_PREFIX}instances/INSTANCEID"
+    return {
+        "taskHubName": hub,
+        "creationUrls": {
+            "createNewInstancePostUri": f"{create}?{query}",
+            "createAndWaitOnNewInstancePostUri": f"{create}?timeout={{timeoutInSeconds}}"
+            f"&pollingInterval={{intervalInSeconds}}&{query}",
+        },
+        "managementUrls": {
+            "id": "INSTANCEID",
+            "statusQueryGetUri": f"{instance}?{query}",
+            "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}?{query}",
+            "terminatePostUri": f"{instance}/terminate?reason={{text}}&{query}",
+            "rewindPostUri": f"{instance}/rewind?reason={{text}}&{query}",
+            "purgeHistoryDeleteUri": f"{instance}?{query}",
+            "restartPostUri": f"{instance}/restart?{query}",
+            "suspendPostUri": f"{instance}/suspend?reason={{text}}&{query}",
+            "resumePostUri": f"{instance}/resume?reason={{text}}&{query}",
+        },
+        "baseUrl": f"{base}{WEBHOOK_PREFIX}",
+        "requiredQueryStringParameters": query,
+        "rpcBaseUrl": f"{config.rpc_origin}{RPC_PREFIX}",
+        "httpBaseUrl": "",
+        "maxGrpcMessageSizeInBytes": 0,
+        "grpcHttpClientTimeout": "00:01:40",
+    }
 
 
 def load_settings_file(path: Path) -> dict[str, Any]:
@@ -108,10 +148,12 @@ def ensure_keys(settings: dict[str, Any], path: Path) -> HostKeys:
         functions={f: {n: key(v) for n, v in ks.items()} for f, ks in (raw.get("functions") or {}).items()},
         system={n: key(v) for n, v in (raw.get("system") or {"durabletask_extension": None}).items()},
     )
-    keys.system.setdefault("durabletask_extension", key(None))
+    if "durabletask_extension" not in keys.system:
+        keys.system["durabletask_extension"] = key(None)
     if changed:
         settings["Keys"] = keys.to_json()
         path.write_text(json.dumps(settings, indent=2) + "\n")
+        path.chmod(0o600)  # it now holds keys
         logs.event("host.keys_generated", file=str(path))
     return keys
 

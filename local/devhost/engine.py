@@ -26,9 +26,10 @@ from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
+import aiohttp
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.functions import meta
 from azure.functions._durable_functions import OrchestrationContext
 from azure.functions.durable_functions import ActivityTriggerConverter
@@ -36,7 +37,8 @@ from azure.functions.durable_functions import ActivityTriggerConverter
 from . import history as h
 from . import logs
 from .catalog import Catalog, FunctionSpec, invoke
-from .store import Instance, InstanceStore
+from .config import HostConfig
+from .store import Instance, InstanceStore, PayloadTooLargeError
 
 # The replay schema the engine asks for: 1 = one cumulative action list with WhenAny/WhenAll
 # compound actions (facts.md: "1 and above").
@@ -75,11 +77,11 @@ class _Effects:
 
 class Engine:
     def __init__(
-        self, store: InstanceStore, catalog: Catalog, root: Path, activity_concurrency: int = 16
+        self, store: InstanceStore, catalog: Catalog, config: HostConfig, activity_concurrency: int = 16
     ) -> None:
         self._store = store
         self._catalog = catalog
-        self._root = root
+        self._config = config
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._cache: dict[str, Instance] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -196,10 +198,12 @@ class Engine:
             try:
                 await self._apply_once(instance_id, new_event)
                 return
-            except Exception:
-                # The cache may hold an uncommitted episode: forget it, reload the committed state.
-                self._cache.pop(instance_id, None)
-                if not retry or self._stopping or asyncio.get_running_loop().time() > deadline:
+            except Exception as exc:
+                # Only a storage outage (Azurite restarting) is worth retrying; anything else would
+                # fail the same way again.
+                if not _is_transient(exc) or not retry or self._stopping:
+                    raise
+                if asyncio.get_running_loop().time() > deadline:
                     raise
                 logs.event("episode.retry", logging.WARNING, instanceId=instance_id, exc_info=True)
                 await asyncio.sleep(1.0)
@@ -237,7 +241,19 @@ class Engine:
         instance = copy.deepcopy(committed)
         start = len(instance.history)
         effects = self._episode(instance, new_event)
-        await self._commit(instance, start)
+        try:
+            await self._commit(instance, start)
+        except PayloadTooLargeError as exc:
+            # Retrying cannot help: fail the instance, from its committed state, with the reason.
+            instance = copy.deepcopy(committed)
+            start = len(instance.history)
+            effects = _Effects()
+            message = f"The orchestration's state cannot be stored: {exc}"
+            instance.history.append(h.execution_completed("Failed", json.dumps(message)))
+            self._finish(instance, "Failed", json.dumps(message), effects, failure=(message, ""))
+            await self._commit(instance, start)
+            logs.event("orchestration.failed", logging.ERROR, instanceId=instance.instance_id,
+                       function=instance.name, error=message)  # fmt: skip
         return instance, effects
 
     def _episode(self, instance: Instance, new_event: h.HistoryEvent | None) -> _Effects:
@@ -642,7 +658,7 @@ class Engine:
             value = ActivityTriggerConverter.decode(
                 meta.Datum(type="json", value=input_json or "null"), trigger_metadata=None
             )
-            result = await invoke(spec, {spec.trigger["name"]: value}, self._root)
+            result = await invoke(spec, {spec.trigger["name"]: value}, self._config)
             encoded = ActivityTriggerConverter.encode(result, expected_type=None)
             return h.task_completed(task_id, encoded.value)
         except Exception as exc:
@@ -712,6 +728,15 @@ class Engine:
             self._finish(child, child.status, child.output_json or "null", effects, failure=failure)
             if effects.parent_event is not None:
                 self._spawn(self._apply(parent.instance_id, effects.parent_event))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A storage or network fault that a later attempt may not meet (e.g. Azurite restarting)."""
+    if isinstance(exc, HttpResponseError):
+        return exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(
+        exc, ServiceRequestError | ServiceResponseError | aiohttp.ClientError | OSError | TimeoutError
+    )
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from azure.functions.timer import TimerRequest
@@ -15,6 +14,7 @@ from croniter import croniter
 from . import history as h
 from . import logs
 from .catalog import FunctionSpec, invoke
+from .config import HostConfig
 
 _TIMESPAN = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})$")
 
@@ -62,8 +62,8 @@ class Schedule:
 
 
 class TimerTriggers:
-    def __init__(self, specs: list[FunctionSpec], root: Path) -> None:
-        self._root = root
+    def __init__(self, specs: list[FunctionSpec], config: HostConfig) -> None:
+        self._config = config
         self._entries = [(spec, Schedule(spec.trigger["schedule"])) for spec in specs]
         self._tasks: list[asyncio.Task[Any]] = []
         self.invocations: dict[str, int] = {spec.name: 0 for spec in specs}
@@ -93,8 +93,11 @@ class TimerTriggers:
     async def _run(self, spec: FunctionSpec, schedule: Schedule) -> None:
         if spec.trigger.get("runOnStartup"):
             await self._invoke(spec, past_due=False)
+        due = h.utcnow()
         while True:
-            due = schedule.next_after(h.utcnow())
+            # From the later of the last slot and now: an early wake-up or a clock step back never
+            # runs the same slot twice.
+            due = schedule.next_after(max(due, h.utcnow()))
             await asyncio.sleep(max(0.0, (due - h.utcnow()).total_seconds()))
             # Late by more than a second means the loop was blocked: tell the function, like the host.
             await self._invoke(spec, past_due=(h.utcnow() - due) > timedelta(seconds=1))
@@ -103,6 +106,6 @@ class TimerTriggers:
         self.invocations[spec.name] += 1
         logs.event("timer_trigger.invoked", function=spec.name, pastDue=past_due)
         try:
-            await invoke(spec, {spec.trigger["name"]: TimerRequest(past_due=past_due)}, self._root)
+            await invoke(spec, {spec.trigger["name"]: TimerRequest(past_due=past_due)}, self._config)
         except Exception:
             logs.event("timer_trigger.failed", logging.ERROR, function=spec.name, exc_info=True)

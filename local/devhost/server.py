@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import azure.functions as func
 from azure.durable_functions.models.utils.http_utils import _close_session as close_durable_client_session
@@ -29,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from . import history as h
 from . import logs
 from .catalog import Catalog, HttpFunction, invoke
-from .config import HostConfig
+from .config import RPC_PREFIX, WEBHOOK_PREFIX, HostConfig
 from .engine import (
     Engine,
     InstanceExistsError,
@@ -40,9 +39,7 @@ from .engine import (
 from .schedule import TimerTriggers
 from .store import Instance
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-RPC_PREFIX = "/durabletask/"
-WEBHOOK_PREFIX = "/runtime/webhooks/durabletask/"
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1", "localhost"}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -74,7 +71,6 @@ class HostApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.engine.start()
-                    self.timers.start()
                 except Exception as exc:
                     logs.event("host.start_failed", logging.ERROR, exc_info=True)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -184,52 +180,15 @@ class HostApp:
             body=body,
         )
         kwargs: dict[str, Any] = {function.spec.trigger["name"]: http_request}
-        client_binding = function.spec.binding("durableClient")
-        if client_binding is not None:
-            kwargs[client_binding["name"]] = json.dumps(self.client_binding())
         logs.event(
             "function.invoked", function=function.spec.name, method=request.method, path=request.url.path
         )
         try:
-            result = await invoke(function.spec, kwargs, self.config.root)
+            result = await invoke(function.spec, kwargs, self.config)
         except Exception:
             logs.event("function.failed", logging.ERROR, function=function.spec.name, exc_info=True)
             return _error(500, f"function '{function.spec.name}' raised an exception (see the devhost log)")
         return _to_response(result)
-
-    def client_binding(self) -> dict[str, Any]:
-        """The Durable client binding JSON, shaped like the one the Functions host passes."""
-        base = self.config.base_url
-        hub = self.config.hub
-        query = f"taskHub={quote(hub)}&connection=Storage&code={quote(self.config.keys.durable_system_key)}"
-        instance = f"{base}{WEBHOOK_PREFIX}instances/INSTANCEID"
-        return {
-            "taskHubName": hub,
-            "creationUrls": {
-                "createNewInstancePostUri": f"{base}{WEBHOOK_PREFIX}orchestrators/{{functionName}}"
-                f"[/{{instanceId}}]?{query}",
-                "createAndWaitOnNewInstancePostUri": f"{base}{WEBHOOK_PREFIX}orchestrators/{{functionName}}"
-                f"[/{{instanceId}}]?timeout={{timeoutInSeconds}}&pollingInterval="
-                f"{{intervalInSeconds}}&{query}",
-            },
-            "managementUrls": {
-                "id": "INSTANCEID",
-                "statusQueryGetUri": f"{instance}?{query}",
-                "sendEventPostUri": f"{instance}/raiseEvent/{{eventName}}?{query}",
-                "terminatePostUri": f"{instance}/terminate?reason={{text}}&{query}",
-                "rewindPostUri": f"{instance}/rewind?reason={{text}}&{query}",
-                "purgeHistoryDeleteUri": f"{instance}?{query}",
-                "restartPostUri": f"{instance}/restart?{query}",
-                "suspendPostUri": f"{instance}/suspend?reason={{text}}&{query}",
-                "resumePostUri": f"{instance}/resume?reason={{text}}&{query}",
-            },
-            "baseUrl": f"{base}{WEBHOOK_PREFIX}",
-            "requiredQueryStringParameters": query,
-            "rpcBaseUrl": f"{self.config.rpc_origin}{RPC_PREFIX}",
-            "httpBaseUrl": "",
-            "maxGrpcMessageSizeInBytes": 0,
-            "grpcHttpClientTimeout": "00:01:40",
-        }
 
     # ----------------------------------------------------------------- Durable RPC
 
@@ -241,6 +200,8 @@ class HostApp:
         if parts and parts[0] == "instances":
             if len(parts) == 1 and method == "GET":
                 return await self._list(request)
+            if len(parts) == 1 and method == "DELETE":
+                return await self._purge_matching(request)
             if len(parts) == 2 and method == "GET":
                 return await self._status(request, parts[1])
             if len(parts) == 2 and method == "DELETE":
@@ -283,23 +244,19 @@ class HostApp:
         return JSONResponse(body, status_code=code)
 
     async def _list(self, request: Request) -> Response:
-        query = request.query_params
-        statuses = {s for s in (query.get("runtimeStatus") or "").split(",") if s}
-        prefix = query.get("instanceIdPrefix") or ""
-        created_from = _time(query.get("createdTimeFrom"))
-        created_to = _time(query.get("createdTimeTo"))
-
-        def wanted(instance: Instance) -> bool:
-            created = h.parse_time(instance.created_time)
-            return (
-                (not statuses or instance.status in statuses)
-                and instance.instance_id.startswith(prefix)
-                and (created_from is None or created >= created_from)
-                and (created_to is None or created <= created_to)
-            )
-
+        wanted = _instance_filter(request)
         found = [i.status_json(show_input=True) for i in await self.engine.list_instances() if wanted(i)]
         return JSONResponse(found, status_code=200)
+
+    async def _purge_matching(self, request: Request) -> Response:
+        if not request.query_params.get("createdTimeFrom"):
+            return _error(400, "createdTimeFrom is required to purge instances by filter")
+        wanted = _instance_filter(request)
+        deleted = 0
+        for instance in await self.engine.list_instances():
+            if instance.is_terminal and wanted(instance) and await self.engine.purge(instance.instance_id):
+                deleted += 1
+        return JSONResponse({"instancesDeleted": deleted}, status_code=200 if deleted else 404)
 
     async def _purge(self, instance_id: str) -> Response:
         try:
@@ -349,6 +306,26 @@ def _payload(body: bytes) -> str | None:
         except ValueError:
             pass
     return json.dumps(decoded)
+
+
+def _instance_filter(request: Request) -> Callable[[Instance], bool]:
+    """The list/purge query filters: runtimeStatus, instanceIdPrefix, createdTimeFrom, createdTimeTo."""
+    query = request.query_params
+    statuses = {s for s in (query.get("runtimeStatus") or "").split(",") if s}
+    prefix = query.get("instanceIdPrefix") or ""
+    created_from = _time(query.get("createdTimeFrom"))
+    created_to = _time(query.get("createdTimeTo"))
+
+    def wanted(instance: Instance) -> bool:
+        created = h.parse_time(instance.created_time)
+        return (
+            (not statuses or instance.status in statuses)
+            and instance.instance_id.startswith(prefix)
+            and (created_from is None or created >= created_from)
+            and (created_to is None or created <= created_to)
+        )
+
+    return wanted
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableServiceClient as TableServiceClient_sync
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -198,3 +199,23 @@ class InstanceStore:
             parent_task_id=None if parent_task < 0 else parent_task,
             engine=json.loads(get_text(entity, "Engine") or "{}"),
         )
+
+
+def read_committed_history(connection_string: str, hub: str, instance_id: str) -> list[HistoryEvent]:
+    """The committed history of an instance, read synchronously (for the demo and the tests).
+
+    Only the first ``HistoryLength`` rows count (rows past it are left-overs of an uncommitted
+    episode); events longer than one property are reassembled.
+    """
+    with TableServiceClient_sync.from_connection_string(connection_string) as service:
+        try:
+            state = service.get_table_client(f"{hub}Instances").get_entity(instance_id, "state")
+        except ResourceNotFoundError:
+            return []
+        rows = sorted(
+            service.get_table_client(f"{hub}History").query_entities(
+                "PartitionKey eq @pk", parameters={"pk": instance_id}
+            ),
+            key=lambda row: row["RowKey"],
+        )
+    return [json.loads(get_text(row, "Event") or "{}") for row in rows[: int(state.get("HistoryLength", 0))]]

@@ -26,10 +26,10 @@ from azure.data.tables import TableServiceClient
 
 from local.azurite import Azurite
 from local.devhost.config import HUB_OVERRIDE
+from local.devhost.store import TERMINAL_STATUSES, read_committed_history
 from local.stack import DevhostProcess
 
 SAMPLE_APP = "tests.devhost.sample_app:app"
-TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Terminated"})
 
 T = TypeVar("T")
 
@@ -101,18 +101,12 @@ class Devhost(DevhostProcess):
     # ------------------------------------------------------------------ keys and HTTP
 
     @property
-    def keys(self) -> dict[str, Any]:
-        """The ``Keys`` object the devhost wrote back into the settings file on its first start."""
-        keys: dict[str, Any] = json.loads(self.settings_path.read_text())["Keys"]
-        return keys
-
-    @property
     def master_key(self) -> str:
         return str(self.keys["master"])
 
     @property
     def host_key(self) -> str:
-        return str(self.keys["host"]["default"])
+        return self.function_key
 
     def request(
         self, method: str, path: str, *, key: str | None = "host", key_in: str = "header", **kwargs: Any
@@ -276,17 +270,17 @@ class Devhost(DevhostProcess):
         return sorted(rows, key=lambda row: row["RowKey"])
 
     def history(self, instance_id: str) -> list[dict[str, Any]]:
-        """The committed history (first HistoryLength rows), each with its ``Event`` JSON parsed."""
-        row = self.instance_row(instance_id)
-        if row is None:
-            return []
-        committed = self.all_history_rows(instance_id)[: int(row.get("HistoryLength", 0))]
-        for entry in committed:
-            text = "".join(
-                entry[name] for name in ["Event", *(f"Event_{i}" for i in range(1, 64))] if name in entry
-            )
-            entry["Event"] = json.loads(text) if text else {}
-        return committed
+        """The committed history as ``{"EventType", "EventId", "Name", "Event": the parsed event}`` rows."""
+        events = read_committed_history(self.connection_string, self.hub, instance_id)
+        return [
+            {
+                "EventType": int(e["EventType"]),
+                "EventId": e.get("EventId"),
+                "Name": e.get("Name") or "",
+                "Event": e,
+            }
+            for e in events
+        ]
 
     def event_types(self, instance_id: str) -> list[int]:
         return [int(row["EventType"]) for row in self.history(instance_id)]

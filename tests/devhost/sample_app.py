@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import time
-from datetime import timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,16 @@ async def purge(req: func.HttpRequest, client: df.DurableOrchestrationClient) ->
     return func.HttpResponse(json.dumps({"deleted": result.instances_deleted}), mimetype="application/json")
 
 
+@app.route(route="instances", methods=["DELETE"])
+@app.durable_client_input(client_name="client")
+async def purge_ended(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    result = await client.purge_instance_history_by(
+        created_time_from=datetime(2000, 1, 1, tzinfo=UTC),
+        runtime_status=[df.OrchestrationRuntimeStatus.Completed, df.OrchestrationRuntimeStatus.Failed],
+    )
+    return func.HttpResponse(json.dumps({"deleted": result.instances_deleted}), mimetype="application/json")
+
+
 @app.route(route="items/{itemId:int}/{label?}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def item(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(
@@ -125,6 +136,13 @@ def every_five_minutes(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
 def on_startup(timer: func.TimerRequest) -> None:
     _count("on_startup")
+
+
+@app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
+@app.durable_client_input(client_name="client")
+async def start_from_timer(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
+    """A timer trigger with the Durable client binding (the design's sweep is one)."""
+    await client.start_new("sequence", f"from-timer-{uuid.uuid4().hex}", 3)
 
 
 # ------------------------------------------------------------------ activities
@@ -281,6 +299,39 @@ def failing(context: df.DurableOrchestrationContext):
 def failing_activity(context: df.DurableOrchestrationContext):
     yield context.call_activity("always_fails", context.instance_id)
     return "unreachable"
+
+
+@app.activity_trigger(input_name="size")
+def oversized(size: int) -> str:
+    return "x" * size
+
+
+@app.orchestration_trigger(context_name="context")
+def too_large(context: df.DurableOrchestrationContext):
+    yield context.call_activity("oversized", context.get_input())
+    return "unreachable"
+
+
+@app.orchestration_trigger(context_name="context")
+def slow_child(context: df.DurableOrchestrationContext):
+    result = yield context.call_activity("slow_step", context.instance_id)
+    return {"child": result}
+
+
+@app.orchestration_trigger(context_name="context")
+def parent_of_slow(context: df.DurableOrchestrationContext):
+    child = yield context.call_sub_orchestrator("slow_child", None, f"{context.instance_id}-child")
+    return child
+
+
+@app.orchestration_trigger(context_name="context")
+def retrying_slowly(context: df.DurableOrchestrationContext):
+    result = yield context.call_activity_with_retry(
+        "flaky",
+        df.RetryOptions(first_retry_interval_in_milliseconds=2500, max_number_of_attempts=2),
+        context.get_input(),
+    )
+    return result
 
 
 @app.orchestration_trigger(context_name="context")

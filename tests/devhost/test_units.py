@@ -230,8 +230,13 @@ def test_flatten_keeps_action_objects_unchanged() -> None:
     assert next(iter(flatten_actions([[action]]))) is action
 
 
-# ---------------------------------------------------------------------------------- known devhost bugs
-# Fails until local/devhost/routing.py matches literals case-insensitively (last, so -x runs the rest).
+# ---------------------------------------------------------------------------------- route case
+
+
+def test_int_constraint_is_an_int32_like_the_host() -> None:
+    route = RouteTemplate("items/{id:int}")
+    assert route.match("/items/2147483647") == {"id": "2147483647"}
+    assert route.match("/items/2147483648") is None
 
 
 def test_route_literals_match_case_insensitively() -> None:

@@ -1,4 +1,4 @@
-"""The real function_app on the devhost, with Azurite (the same launcher `make demo` uses)."""
+"""The real function_app on the devhost, with the session's Azurite."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ from pathlib import Path
 import pytest
 
 from local.azurite import Azurite
+from local.devhost.config import HUB_OVERRIDE
 from local.stack import DevhostProcess, write_settings
 
 
+def app_host_in(work: Path, azurite: Azurite, **values: str) -> DevhostProcess:
+    """A devhost for function_app with the sample settings, its own task hub, and ``values`` on top
+    (a value of "" removes the setting)."""
+    settings = work / "local.settings.json"
+    write_settings(
+        settings, azurite.connection_string, {HUB_OVERRIDE: f"E2e{uuid.uuid4().hex[:12]}", **values}
+    )
+    return DevhostProcess(settings, work / "devhost.log")
+
+
 @pytest.fixture(scope="module")
-def app_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
-    work: Path = tmp_path_factory.mktemp("app-host")
-    with Azurite() as azurite:
-        settings = work / "local.settings.json"
-        # A hub of its own, so that nothing of another module's instances is visible here.
-        hub = f"E2e{uuid.uuid4().hex[:12]}"
-        write_settings(
-            settings,
-            azurite.connection_string,
-            {"AzureFunctionsJobHost__extensions__durableTask__hubName": hub},
-        )
-        host = DevhostProcess(settings, work / "devhost.log")
-        host.start()
-        try:
-            yield host
-        finally:
-            host.kill()
+def app_host(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iterator[DevhostProcess]:
+    host = app_host_in(tmp_path_factory.mktemp("app-host"), azurite)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.kill()

@@ -1,5 +1,6 @@
 """The policy file: loading, defaults, precise errors and the version hash."""
 
+import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -562,3 +563,18 @@ def test_policy_model_validates_directly_too():
     # The cross-field checks live in the models, so building a Policy without the loader is checked as well.
     with pytest.raises(pydantic.ValidationError):
         Policy.model_validate({})
+
+
+def test_file_hash_is_the_sha256_of_the_exact_file_bytes():
+    policy = load_policy(REPO_POLICY)
+    assert policy.file_hash == "sha256:" + hashlib.sha256(REPO_POLICY.read_bytes()).hexdigest()
+    reformatted = parse_policy(REPO_POLICY.read_text() + "\n# a comment\n", SOURCE)
+    assert reformatted.file_hash != policy.file_hash
+    assert reformatted.version_hash == policy.version_hash
+
+
+def test_role_lookup_ignores_case():
+    policy = parse_policy(BASE)
+    assert policy.role("exchange ADMINISTRATOR").name == "Exchange Administrator"
+    with pytest.raises(UnknownRoleError):
+        policy.role("Exchange Admin")
