@@ -23,7 +23,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
-	$(PY) -m mypy function_app.py orchestrators activities shared local
+	$(PY) -m mypy function_app.py orchestrators activities shared local tests
 
 test: lint
 	$(PY) -m pytest

@@ -604,7 +604,7 @@ class Policy(_Model):
 
     @cached_property
     def version_hash(self) -> str:
-        """``sha256:<64 hex>`` of :meth:`canonical_json`: what the policy means, recorded in every audit row."""
+        """``sha256:<64 hex>`` of :meth:`canonical_json` (what the policy means); in every audit row."""
         return "sha256:" + hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
     @property

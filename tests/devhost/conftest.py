@@ -39,7 +39,9 @@ def unique_hub(label: str) -> str:
     return "T" + re.sub(r"[^A-Za-z0-9]", "", label)[:24] + uuid.uuid4().hex[:12]
 
 
-def poll(predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+def poll(
+    predicate: Callable[[], T | None], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> T:
     """Call ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

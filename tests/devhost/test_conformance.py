@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -663,6 +664,24 @@ def test_list_filters_by_prefix_and_purge_by_filter_deletes_ended_instances(
     assert purged.json() == {"deleted": len(ended)}
     assert all(host.status(i) is None for i in done)
     assert host.status(running)["runtimeStatus"] == "Running"  # type: ignore[index]
+
+
+@pytest.mark.timeout(120)
+def test_a_timer_that_fires_while_storage_is_down_is_applied_once_storage_is_back(
+    devhost_factory: DevhostFactory, tmp_path: Path
+) -> None:
+    with Azurite(location=tmp_path / "azurite") as storage:
+        host = devhost_factory(azurite=storage)
+        instance_id = host.start_orchestration("timer_then_event", 2)
+        host.wait_history(instance_id, TIMER_CREATED)
+        storage.stop()  # SIGINT: Azurite flushes what it acknowledged
+        host.wait_event("episode.retry", timeout=15, instanceId=instance_id)  # the fired timer cannot commit
+        storage.start()
+        host.wait_history(instance_id, TIMER_FIRED, timeout=20)
+        assert host.raise_event(instance_id, "Go", "after the outage").status_code == 202
+        status = host.wait_status(instance_id, "Completed", timeout=15)
+        assert host.event_types(instance_id).count(TIMER_FIRED) == 1
+    assert status["output"] == {"activity": 42, "event": "after the outage"}
 
 
 @pytest.mark.timeout(60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -191,8 +192,8 @@ def _event(name: str) -> dict[str, object]:
     return {"actionType": int(ActionType.WAIT_FOR_EXTERNAL_EVENT), "functionName": name, "reason": "Event"}
 
 
-def _names(actions: list[object]) -> list[object]:
-    return [a.get("functionName") or a.get("fireAt") for a in flatten_actions(actions)]  # type: ignore[attr-defined]
+def _names(actions: list[Any]) -> list[object]:
+    return [a.get("functionName") or a.get("fireAt") for a in flatten_actions(actions)]
 
 
 def test_flatten_v1_nested_lists_depth_first() -> None:
