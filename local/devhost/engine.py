@@ -483,6 +483,11 @@ class Engine:
         instance.engine = {}
         instance.execution_id = uuid.uuid4().hex
         instance.status = "Pending"
+        # Work scheduled earlier in this episode belongs to the old execution, whose ids the new one
+        # reuses: starting it could complete the wrong task.
+        effects.activities.clear()
+        effects.timers.clear()
+        effects.children.clear()
         logs.event("orchestration.continued_as_new", instanceId=instance.instance_id)
 
     def _finish(

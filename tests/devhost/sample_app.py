@@ -335,6 +335,16 @@ def retrying_slowly(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def count_to_three(context: df.DurableOrchestrationContext):
+    """continue_as_new until the input reaches 3 (each execution starts a fresh history)."""
+    value = yield context.call_activity("double", context.get_input())
+    if value < 6:
+        context.continue_as_new(value // 2 + 1)
+        return None
+    return value // 2
+
+
+@app.orchestration_trigger(context_name="context")
 def crash_resume(context: df.DurableOrchestrationContext):
     """Long enough to be killed in the middle: a slow activity, a timer, another slow activity."""
     first = yield context.call_activity("slow_step", f"{context.instance_id}-1")

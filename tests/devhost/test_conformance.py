@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # conftest modules are loaded by pytest, never imported at ru
 
 pytestmark = pytest.mark.stack
 
-# Durable HistoryEventType values as stored in the EventType column.
+# Durable HistoryEventType values as stored in the EventType column, spelled out rather than imported
+# from local.devhost.history so that a wrong value in the engine fails these tests.
 EXECUTION_STARTED = 0
 EXECUTION_COMPLETED = 1
 EXECUTION_TERMINATED = 3
@@ -317,6 +318,16 @@ def test_sub_orchestration_result_and_failure_propagate(devhost: Devhost) -> Non
     assert devhost.wait_status(children["failing"], "Failed")["runtimeStatus"] == "Failed"
     child_row = devhost.instance_row(children["sequence"])
     assert child_row is not None and child_row["ParentInstanceId"] == instance_id
+
+
+def test_continue_as_new_restarts_with_a_fresh_history(devhost: Devhost) -> None:
+    instance_id = devhost.start_orchestration("count_to_three", 1)
+    status = devhost.wait_status(instance_id, "Completed")
+    assert status["output"] == 3
+    history = devhost.history(instance_id)
+    assert [r["EventType"] for r in history].count(EXECUTION_STARTED) == 1
+    assert history[1]["Event"]["Input"] == "3"  # the last execution's input
+    assert [r["Name"] for r in history if r["EventType"] == TASK_SCHEDULED] == ["double"]
 
 
 def test_failing_orchestrator_is_a_failed_instance_not_a_host_crash(devhost: Devhost) -> None:
