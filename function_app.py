@@ -4,7 +4,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from activities import self_check as self_check_activities
-from orchestrators import self_check
+from orchestrators import request_status, self_check
 from shared.configuration import load_configuration
 
 # Fail fast at start-up: a missing setting or a bad policy names itself in the host's log.
@@ -13,3 +13,4 @@ load_configuration()
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(self_check.bp)
 app.register_functions(self_check_activities.bp)
+app.register_functions(request_status.bp)

@@ -31,6 +31,9 @@ from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 from shared.tables import ensure_table
 from shared.version import APP_VERSION
 
+# The kind of row that records a request's state change (detail: {"state": ...}); the request's state
+# is the one its latest such row names.
+STATE_KIND = "request.state"
 ROWS_TABLE = "AuditRows"
 HEADS_TABLE = "AuditHeads"
 GENESIS_HASH = "0" * 64
@@ -302,6 +305,11 @@ class AuditLedger:
         if rows and last_hash != prev_hash:
             return broken(len(rows) - 1, f"row {len(rows) - 1} differs from the last hash the head records")
         return ChainVerification(chain, True, len(rows), head_count)
+
+
+def current_state(rows: list[AuditRow]) -> str | None:
+    states = [row for row in rows if row.kind == STATE_KIND]
+    return str(json.loads(str(states[-1].fields["Detail"])).get("state")) if states else None
 
 
 def _row_from(entity: Mapping[str, Any]) -> AuditRow:
