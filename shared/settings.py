@@ -3,7 +3,7 @@
 Every external base URL is a setting, so the same code runs against Azure and a real tenant or against the
 local simulators. A missing required value fails fast, naming the variable; all missing variables are named
 in one error so a deployer fixes them in one pass. No value that could be a secret (the storage connection
-string) ever appears in an error message or a repr.
+string, the ITSM webhook secrets) ever appears in an error message or a repr.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "TableStorageTarget",
+    "WebhookSecrets",
     "get_settings",
 ]
 
@@ -46,6 +47,16 @@ STORAGE_CONNECTION_STRING = "AzureWebJobsStorage"
 STORAGE_TABLE_SERVICE_URI = "AzureWebJobsStorage__tableServiceUri"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 POLICY_PATH = "POLICY_PATH"
+# Shared secrets that sign ITSM webhooks (shared.webhooks); in Azure they are Key Vault references.
+# *_PREVIOUS holds the secret being rotated out, so that both are accepted during a rotation.
+SERVICENOW_WEBHOOK_SECRET = "SERVICENOW_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+SERVICENOW_WEBHOOK_SECRET_PREVIOUS = "SERVICENOW_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105
+JIRA_WEBHOOK_SECRET = "JIRA_WEBHOOK_SECRET"  # noqa: S105
+JIRA_WEBHOOK_SECRET_PREVIOUS = "JIRA_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105
+IVANTI_WEBHOOK_SECRET = "IVANTI_WEBHOOK_SECRET"  # noqa: S105
+IVANTI_WEBHOOK_SECRET_PREVIOUS = "IVANTI_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105
+
+MIN_WEBHOOK_SECRET_LENGTH = 32
 
 SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
     {
@@ -66,6 +77,14 @@ SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
         STORAGE_TABLE_SERVICE_URI: False,
         AZURE_CLIENT_ID: False,
         POLICY_PATH: False,
+        # Webhook secrets: optional here; Settings.check_for_policy requires the current one of every
+        # ITSM the policy enables (Xurrent signs with a JWT, verified with a key, not a shared secret).
+        SERVICENOW_WEBHOOK_SECRET: False,
+        SERVICENOW_WEBHOOK_SECRET_PREVIOUS: False,
+        JIRA_WEBHOOK_SECRET: False,
+        JIRA_WEBHOOK_SECRET_PREVIOUS: False,
+        IVANTI_WEBHOOK_SECRET: False,
+        IVANTI_WEBHOOK_SECRET_PREVIOUS: False,
     }
 )
 """Every environment variable the settings object reads -> whether it is required on its own."""
@@ -94,6 +113,16 @@ _ROSTER_PROVIDER_SERVICES: Mapping[str, str | None] = MappingProxyType(
     {"entra_group": None, "pagerduty": "pagerduty", "servicenow_rota": "servicenow"}
 )
 _ITSM_SYSTEMS = ("servicenow", "jira", "ivanti", "xurrent")
+# ITSM systems whose webhooks are signed with a shared secret -> (current, previous) variable names.
+_WEBHOOK_SECRET_VARIABLES: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "servicenow": (SERVICENOW_WEBHOOK_SECRET, SERVICENOW_WEBHOOK_SECRET_PREVIOUS),
+        "jira": (JIRA_WEBHOOK_SECRET, JIRA_WEBHOOK_SECRET_PREVIOUS),
+        "ivanti": (IVANTI_WEBHOOK_SECRET, IVANTI_WEBHOOK_SECRET_PREVIOUS),
+    }
+)
+# An App Service Key Vault reference that the platform could not resolve is passed to the app verbatim.
+_KEY_VAULT_REFERENCE_PREFIX = "@microsoft.keyvault("
 
 _GUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
@@ -136,6 +165,57 @@ class TableStorageTarget:
     __str__ = __repr__
 
 
+@dataclass(frozen=True, repr=False)
+class WebhookSecrets:
+    """The shared secrets that sign each ITSM's webhooks: the current one and, during a rotation, the
+    previous one. ``repr``/``str`` show only which are configured, never a value."""
+
+    servicenow: str | None = None
+    servicenow_previous: str | None = None
+    jira: str | None = None
+    jira_previous: str | None = None
+    ivanti: str | None = None
+    ivanti_previous: str | None = None
+
+    def for_system(self, system: str) -> tuple[str, ...]:
+        """The secrets accepted for ``system``: current first, then previous; empty when none is set.
+
+        A previous secret equal to the current one is listed once. Raises :class:`SettingsError` for
+        Xurrent (signed with a JWT, not a shared secret) and for unknown systems.
+        """
+        if system not in _WEBHOOK_SECRET_VARIABLES:
+            if system == "xurrent":
+                raise SettingsError(
+                    "xurrent webhooks are signed with a JWT verified with a key, not with a shared secret "
+                    "(not supported yet)"
+                )
+            known = ", ".join(_WEBHOOK_SECRET_VARIABLES)
+            raise SettingsError(f"no webhook secrets for {system!r} (systems with secrets: {known})")
+        current: str | None = getattr(self, system)
+        previous: str | None = getattr(self, f"{system}_previous")
+        secrets: list[str] = []
+        for secret in (current, previous):
+            if secret is not None and secret not in secrets:
+                secrets.append(secret)
+        return tuple(secrets)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={None if getattr(self, name) is None else '<redacted>'!r}"
+            for name in (
+                "servicenow",
+                "servicenow_previous",
+                "jira",
+                "jira_previous",
+                "ivanti",
+                "ivanti_previous",
+            )
+        )
+        return f"WebhookSecrets({shown})"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Settings:
     """The app's configuration. Build it with :meth:`from_env` (or :func:`get_settings`)."""
@@ -153,6 +233,7 @@ class Settings:
     pagerduty_base_url: str | None = None
     azure_client_id: str | None = None
     policy_path: Path = field(default=DEFAULT_POLICY_PATH)
+    itsm_webhook_secrets: WebhookSecrets = field(default_factory=WebhookSecrets)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +258,13 @@ class Settings:
         table_storage = reader.table_storage()
         azure_client_id = reader.guid(AZURE_CLIENT_ID)
         policy_path = reader.policy_path()
+        itsm_webhook_secrets = WebhookSecrets(
+            **{
+                key: reader.secret(variable)
+                for system, (current, previous) in _WEBHOOK_SECRET_VARIABLES.items()
+                for key, variable in ((system, current), (f"{system}_previous", previous))
+            }
+        )
 
         reader.raise_if_problems()
         assert tenant_id is not None and graph_base_url is not None and bot_app_id is not None
@@ -196,6 +284,7 @@ class Settings:
             pagerduty_base_url=pagerduty_base_url,
             azure_client_id=azure_client_id,
             policy_path=policy_path,
+            itsm_webhook_secrets=itsm_webhook_secrets,
         )
 
     def base_url_for(self, service: str) -> str:
@@ -212,15 +301,22 @@ class Settings:
             raise SettingsError(f"{service} is used but not configured: set {variable} to its base URL")
         return url
 
-    def check_for_policy(self, enabled_itsm: Iterable[str], roster_provider: str) -> None:
-        """Fail fast when the policy needs a base URL that is not configured.
+    def webhook_secrets(self, system: str) -> tuple[str, ...]:
+        """The shared secrets that may sign ``system``'s webhooks: current first, then previous (during a
+        rotation); empty when none is configured. See :meth:`WebhookSecrets.for_system`."""
+        return self.itsm_webhook_secrets.for_system(system)
 
-        Every enabled ITSM needs its base URL (ticket notes and state changes go back to it); the
-        ``pagerduty`` roster provider needs PAGERDUTY_BASE_URL and ``servicenow_rota`` needs
-        SERVICENOW_BASE_URL. All missing variables are named in one :class:`SettingsError`.
+    def check_for_policy(self, enabled_itsm: Iterable[str], roster_provider: str) -> None:
+        """Fail fast when the policy needs a setting that is not configured.
+
+        Every enabled ITSM needs its base URL (ticket notes and state changes go back to it) and, except
+        Xurrent (JWT-signed), its current webhook secret (``<SYSTEM>_WEBHOOK_SECRET``); the ``pagerduty``
+        roster provider needs PAGERDUTY_BASE_URL and ``servicenow_rota`` needs SERVICENOW_BASE_URL. All
+        missing variables are named in one :class:`SettingsError`.
         """
         needed: dict[str, list[str]] = {}
-        for system in enabled_itsm:
+        enabled = tuple(enabled_itsm)
+        for system in enabled:
             if system not in _ITSM_SYSTEMS:
                 raise SettingsError(f"unknown ITSM system {system!r} (known: {', '.join(_ITSM_SYSTEMS)})")
             needed.setdefault(system, []).append(f"ITSM {system!r} is enabled in the policy")
@@ -235,6 +331,19 @@ class Settings:
             for service, reasons in needed.items()
             if getattr(self, f"{service}_base_url") is None
         ]
+        for system in dict.fromkeys(enabled):
+            variables = _WEBHOOK_SECRET_VARIABLES.get(system)
+            if variables is not None and getattr(self.itsm_webhook_secrets, system) is None:
+                current, previous = variables
+                also = (
+                    f"; {previous} alone is not enough, it only keeps the old secret valid during a rotation"
+                    if getattr(self.itsm_webhook_secrets, f"{system}_previous") is not None
+                    else ""
+                )
+                missing.append(
+                    f"{current} (required because ITSM {system!r} is enabled in the policy: its webhooks are "
+                    f"signed with it{also})"
+                )
         if missing:
             raise SettingsError("missing setting(s) required by the policy: " + "; ".join(missing))
 
@@ -313,6 +422,25 @@ class _Reader:
             self._problems.append(f"{STORAGE_TABLE_SERVICE_URI} {problem}")
             return None
         return TableStorageTarget(connection_string=None, endpoint=endpoint.rstrip("/"))
+
+    def secret(self, name: str) -> str | None:
+        """A shared secret: at least MIN_WEBHOOK_SECRET_LENGTH characters; never echoed in a problem."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if value.lower().startswith(_KEY_VAULT_REFERENCE_PREFIX):
+            self._problems.append(
+                f"{name} is an unresolved Key Vault reference: the Function App could not read the secret "
+                "(check the reference's SecretUri and that the app's identity may read secrets in the vault)"
+            )
+            return None
+        if len(value) < MIN_WEBHOOK_SECRET_LENGTH:
+            self._problems.append(
+                f"{name} is too short: a webhook secret needs at least {MIN_WEBHOOK_SECRET_LENGTH} "
+                "characters (generate one with e.g. `openssl rand -hex 32`); the value is not shown"
+            )
+            return None
+        return value
 
     def policy_path(self) -> Path:
         value = self._get(POLICY_PATH)

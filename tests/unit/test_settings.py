@@ -24,6 +24,11 @@ SECRET_CONNECTION_STRING = (
     f"AccountKey={SECRET_KEY};EndpointSuffix=core.windows.net"
 )
 
+SERVICENOW_SECRET = "sn-webhook-secret-0123456789abcdef-0123"
+SERVICENOW_PREVIOUS_SECRET = "sn-webhook-secret-previous-0123456789ab"
+JIRA_SECRET = "jira-webhook-secret-0123456789abcdef-01"
+IVANTI_SECRET = "ivanti-webhook-secret-0123456789abcdef0"
+
 
 def minimal_env(**overrides: str) -> dict[str, str]:
     env = {
@@ -33,6 +38,9 @@ def minimal_env(**overrides: str) -> dict[str, str]:
         "BOT_OPENID_METADATA_URL": "https://login.botframework.com/v1/.well-known/openidconfiguration",
         "BOT_CONNECTOR_SERVICE_URL": "https://smba.trafficmanager.net/teams",
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        # The repository policy enables ServiceNow and Jira, whose webhooks are signed with these.
+        "SERVICENOW_WEBHOOK_SECRET": SERVICENOW_SECRET,
+        "JIRA_WEBHOOK_SECRET": JIRA_SECRET,
     }
     env.update(overrides)
     return {key: value for key, value in env.items() if value != "<unset>"}
@@ -303,3 +311,132 @@ def test_get_settings_reads_os_environ_once_per_process(monkeypatch):
 
 def test_app_root_is_the_parent_of_the_shared_package():
     assert settings_module.APP_ROOT == REPO_ROOT
+
+
+# --- webhook secrets ---------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET_VARIABLES = [
+    "SERVICENOW_WEBHOOK_SECRET",
+    "SERVICENOW_WEBHOOK_SECRET_PREVIOUS",
+    "JIRA_WEBHOOK_SECRET",
+    "JIRA_WEBHOOK_SECRET_PREVIOUS",
+    "IVANTI_WEBHOOK_SECRET",
+    "IVANTI_WEBHOOK_SECRET_PREVIOUS",
+]
+
+
+def test_webhook_secret_variables_are_optional_settings():
+    for name in WEBHOOK_SECRET_VARIABLES:
+        assert SETTINGS_VARIABLES[name] is False
+
+
+def test_webhook_secrets_are_current_first_then_previous():
+    settings = Settings.from_env(minimal_env(SERVICENOW_WEBHOOK_SECRET_PREVIOUS=SERVICENOW_PREVIOUS_SECRET))
+    assert settings.webhook_secrets("servicenow") == (SERVICENOW_SECRET, SERVICENOW_PREVIOUS_SECRET)
+    assert settings.webhook_secrets("jira") == (JIRA_SECRET,)
+
+
+def test_webhook_secrets_are_empty_when_none_is_configured():
+    settings = Settings.from_env(
+        minimal_env(SERVICENOW_WEBHOOK_SECRET="<unset>", JIRA_WEBHOOK_SECRET="<unset>")
+    )
+    for system in ("servicenow", "jira", "ivanti"):
+        assert settings.webhook_secrets(system) == ()
+
+
+def test_a_previous_secret_equal_to_the_current_one_is_listed_once():
+    settings = Settings.from_env(minimal_env(JIRA_WEBHOOK_SECRET_PREVIOUS=JIRA_SECRET))
+    assert settings.webhook_secrets("jira") == (JIRA_SECRET,)
+
+
+def test_webhook_secrets_for_xurrent_and_unknown_systems_are_refused():
+    settings = Settings.from_env(minimal_env())
+    with pytest.raises(SettingsError, match=r"xurrent.*JWT.*not supported yet"):
+        settings.webhook_secrets("xurrent")
+    with pytest.raises(SettingsError, match="no webhook secrets for 'remedy'"):
+        settings.webhook_secrets("remedy")
+
+
+@pytest.mark.parametrize("name", WEBHOOK_SECRET_VARIABLES)
+def test_a_short_webhook_secret_is_refused_naming_the_variable_not_the_value(name):
+    short = "tooShortSecretValue-31-chars-xx"
+    assert len(short) == 31
+    message = error_of(minimal_env(**{name: short}))
+    assert f"{name} is too short" in message
+    assert "at least 32 characters" in message
+    assert short not in message
+
+
+def test_a_webhook_secret_of_exactly_32_characters_is_accepted():
+    secret = "x" * 32
+    assert Settings.from_env(minimal_env(IVANTI_WEBHOOK_SECRET=secret)).webhook_secrets("ivanti") == (secret,)
+
+
+def test_an_unresolved_key_vault_reference_is_refused_naming_the_variable():
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-pim.vault.azure.net/secrets/servicenow-webhook/)"
+    message = error_of(minimal_env(SERVICENOW_WEBHOOK_SECRET=reference))
+    assert "SERVICENOW_WEBHOOK_SECRET is an unresolved Key Vault reference" in message
+
+
+def test_webhook_secrets_never_appear_in_repr_or_str():
+    env = minimal_env(
+        SERVICENOW_WEBHOOK_SECRET_PREVIOUS=SERVICENOW_PREVIOUS_SECRET, IVANTI_WEBHOOK_SECRET=IVANTI_SECRET
+    )
+    settings = Settings.from_env(env)
+    texts = (repr(settings), str(settings), repr(settings.itsm_webhook_secrets), f"{settings}")
+    for text in texts:
+        for secret in (SERVICENOW_SECRET, SERVICENOW_PREVIOUS_SECRET, JIRA_SECRET, IVANTI_SECRET):
+            assert secret not in text
+            assert secret[:12] not in text
+    assert "servicenow='<redacted>'" in repr(settings)
+    assert "jira_previous=None" in repr(settings)
+
+
+def test_check_for_policy_requires_the_webhook_secret_of_every_enabled_itsm_except_xurrent():
+    settings = Settings.from_env(
+        minimal_env(
+            SERVICENOW_WEBHOOK_SECRET="<unset>",
+            JIRA_WEBHOOK_SECRET="<unset>",
+            SERVICENOW_BASE_URL="https://sn.example.com",
+            JIRA_BASE_URL="https://jira.example.com",
+            IVANTI_BASE_URL="https://ivanti.example.com",
+            XURRENT_BASE_URL="https://xurrent.example.com",
+        )
+    )
+    with pytest.raises(SettingsError) as caught:
+        settings.check_for_policy(["servicenow", "jira", "ivanti", "xurrent"], "entra_group")
+    message = str(caught.value)
+    for name in ("SERVICENOW_WEBHOOK_SECRET", "JIRA_WEBHOOK_SECRET", "IVANTI_WEBHOOK_SECRET"):
+        assert f"{name} (required because ITSM" in message
+    assert "XURRENT" not in message
+    assert "_BASE_URL" not in message
+
+
+def test_check_for_policy_does_not_require_secrets_of_disabled_itsm():
+    settings = Settings.from_env(
+        minimal_env(JIRA_WEBHOOK_SECRET="<unset>", SERVICENOW_BASE_URL="https://sn.example.com")
+    )
+    settings.check_for_policy(["servicenow"], "entra_group")
+
+
+def test_check_for_policy_names_base_url_and_secret_together():
+    settings = Settings.from_env(minimal_env(IVANTI_WEBHOOK_SECRET="<unset>"))
+    with pytest.raises(SettingsError) as caught:
+        settings.check_for_policy(["ivanti"], "entra_group")
+    message = str(caught.value)
+    assert "IVANTI_BASE_URL (required because" in message
+    assert "IVANTI_WEBHOOK_SECRET (required because" in message
+
+
+def test_check_for_policy_a_previous_secret_alone_is_not_enough():
+    settings = Settings.from_env(
+        minimal_env(
+            JIRA_WEBHOOK_SECRET="<unset>",
+            JIRA_WEBHOOK_SECRET_PREVIOUS=JIRA_SECRET,
+            JIRA_BASE_URL="https://jira.example.com",
+        )
+    )
+    with pytest.raises(
+        SettingsError, match=r"JIRA_WEBHOOK_SECRET \(required .*JIRA_WEBHOOK_SECRET_PREVIOUS alone"
+    ):
+        settings.check_for_policy(["jira"], "entra_group")
