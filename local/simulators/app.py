@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from .common import ServiceApp
 from .control import Simulators, control_routes
+from .identity import ManagedIdentity
 
 CONTROL_PREFIX = "/_sim"
 
@@ -25,7 +26,8 @@ def build_app(sims: Simulators | None = None) -> Starlette:
         origin = f"{request.url.scheme}://{request.url.netloc}"
         return JSONResponse({"base_urls": sims.base_urls(origin), "control": f"{origin}{CONTROL_PREFIX}"})
 
-    routes: list[BaseRoute] = [Route("/", index, methods=["GET"])]
+    identity = ManagedIdentity()
+    routes: list[BaseRoute] = [Route("/", index, methods=["GET"]), *identity.routes()]
     routes += [Mount(s.prefix, app=ServiceApp(s, sims.calls, sims.faults)) for s in sims.services]
     routes.append(Mount(CONTROL_PREFIX, routes=control_routes(sims)))
 
@@ -38,4 +40,5 @@ def build_app(sims: Simulators | None = None) -> Starlette:
 
     app = Starlette(routes=routes, exception_handlers={404: no_service})
     app.state.simulators = sims
+    app.state.identity = identity
     return app
