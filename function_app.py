@@ -3,8 +3,9 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities import access_request as access_request_activities
 from activities import self_check as self_check_activities
-from orchestrators import request_status, self_check
+from orchestrators import access_request, intake, request_status, self_check
 from shared.configuration import load_configuration
 
 # Fail fast at start-up: a missing setting or a bad policy names itself in the host's log.
@@ -14,3 +15,6 @@ app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(self_check.bp)
 app.register_functions(self_check_activities.bp)
 app.register_functions(request_status.bp)
+app.register_functions(intake.bp)
+app.register_functions(access_request.bp)
+app.register_functions(access_request_activities.bp)

@@ -6,10 +6,16 @@ from __future__ import annotations
 import functools
 
 from azure.data.tables import TableServiceClient
+from azure.identity import ManagedIdentityCredential
 
 from shared.audit import AuditLedger
 from shared.configuration import load_configuration
+from shared.directory import EntraDirectory, graph_client
 from shared.grants import GrantLedger
+from shared.itsm import TicketSystem
+from shared.itsm import ticket_system as build_ticket_system
+from shared.request_index import Deliveries, RequestIndex
+from shared.roster import OnCallRoster, on_call_roster
 from shared.tables import table_service
 
 
@@ -28,3 +34,34 @@ def audit_ledger() -> AuditLedger:
 @functools.cache
 def grant_ledger() -> GrantLedger:
     return GrantLedger(tables())
+
+
+@functools.cache
+def request_index() -> RequestIndex:
+    return RequestIndex(tables())
+
+
+@functools.cache
+def deliveries() -> Deliveries:
+    return Deliveries(tables())
+
+
+@functools.cache
+def directory() -> EntraDirectory:
+    # The app's managed identity, in Azure and locally alike (locally IDENTITY_ENDPOINT points at the
+    # simulators' token endpoint): no secrets, no second credential code path.
+    settings = load_configuration().settings
+    credential = ManagedIdentityCredential(client_id=settings.azure_client_id)
+    return EntraDirectory(graph_client(settings.graph_base_url, credential))
+
+
+@functools.cache
+def roster() -> OnCallRoster:
+    configuration = load_configuration()
+    return on_call_roster(configuration.settings, configuration.policy, directory())
+
+
+@functools.cache
+def ticket_system(system: str) -> TicketSystem:
+    configuration = load_configuration()
+    return build_ticket_system(system, configuration.settings, configuration.policy)

@@ -3,7 +3,8 @@
 Every external base URL is a setting, so the same code runs against Azure and a real tenant or against the
 local simulators. A missing required value fails fast, naming the variable; all missing variables are named
 in one error so a deployer fixes them in one pass. No value that could be a secret (the storage connection
-string, the ITSM webhook secrets) ever appears in an error message or a repr.
+string, the ITSM webhook secrets, the ITSM and PagerDuty API passwords and tokens) ever appears in an error
+message or a repr.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "AZURITE_CONNECTION_STRING",
     "DEFAULT_POLICY_PATH",
     "SETTINGS_VARIABLES",
+    "ApiCredentials",
     "Settings",
     "SettingsError",
     "TableStorageTarget",
@@ -55,6 +57,14 @@ JIRA_WEBHOOK_SECRET = "JIRA_WEBHOOK_SECRET"  # noqa: S105
 JIRA_WEBHOOK_SECRET_PREVIOUS = "JIRA_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105
 IVANTI_WEBHOOK_SECRET = "IVANTI_WEBHOOK_SECRET"  # noqa: S105
 IVANTI_WEBHOOK_SECRET_PREVIOUS = "IVANTI_WEBHOOK_SECRET_PREVIOUS"  # noqa: S105
+# Credentials the app uses to call the ITSMs and PagerDuty (shared.itsm, shared.roster); in Azure the
+# password and tokens are Key Vault references. ServiceNow and Jira take Basic auth (a ServiceNow
+# integration user + password; an Atlassian account email + API token); PagerDuty a REST API key.
+SERVICENOW_API_USER = "SERVICENOW_API_USER"
+SERVICENOW_API_PASSWORD = "SERVICENOW_API_PASSWORD"  # noqa: S105 - a variable name, not a secret
+JIRA_API_EMAIL = "JIRA_API_EMAIL"
+JIRA_API_TOKEN = "JIRA_API_TOKEN"  # noqa: S105
+PAGERDUTY_API_TOKEN = "PAGERDUTY_API_TOKEN"  # noqa: S105
 
 MIN_WEBHOOK_SECRET_LENGTH = 32
 
@@ -85,6 +95,13 @@ SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
         JIRA_WEBHOOK_SECRET_PREVIOUS: False,
         IVANTI_WEBHOOK_SECRET: False,
         IVANTI_WEBHOOK_SECRET_PREVIOUS: False,
+        # API credentials: optional here; Settings.check_for_policy requires those of every ITSM the
+        # policy enables (servicenow, jira) and of the roster provider it uses (pagerduty, servicenow_rota).
+        SERVICENOW_API_USER: False,
+        SERVICENOW_API_PASSWORD: False,
+        JIRA_API_EMAIL: False,
+        JIRA_API_TOKEN: False,
+        PAGERDUTY_API_TOKEN: False,
     }
 )
 """Every environment variable the settings object reads -> whether it is required on its own."""
@@ -119,6 +136,22 @@ _WEBHOOK_SECRET_VARIABLES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "servicenow": (SERVICENOW_WEBHOOK_SECRET, SERVICENOW_WEBHOOK_SECRET_PREVIOUS),
         "jira": (JIRA_WEBHOOK_SECRET, JIRA_WEBHOOK_SECRET_PREVIOUS),
         "ivanti": (IVANTI_WEBHOOK_SECRET, IVANTI_WEBHOOK_SECRET_PREVIOUS),
+    }
+)
+# Services the app calls with credentials of its own -> the variables that hold them (all needed).
+_API_CREDENTIAL_VARIABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "servicenow": (SERVICENOW_API_USER, SERVICENOW_API_PASSWORD),
+        "jira": (JIRA_API_EMAIL, JIRA_API_TOKEN),
+        "pagerduty": (PAGERDUTY_API_TOKEN,),
+    }
+)
+# Why each service is called with those credentials (for check_for_policy's messages).
+_API_PURPOSE: Mapping[str, str] = MappingProxyType(
+    {
+        "servicenow": "its Table API and on-call rota API are called with them",
+        "jira": "its REST API is called with them",
+        "pagerduty": "its REST API is called with it",
     }
 )
 # An App Service Key Vault reference that the platform could not resolve is passed to the app verbatim.
@@ -216,6 +249,72 @@ class WebhookSecrets:
     __str__ = __repr__
 
 
+@dataclass(frozen=True, repr=False)
+class ApiCredentials:
+    """The credentials the app calls the ITSMs and PagerDuty with.
+
+    ServiceNow: an integration user and its password (Basic auth, Table API and on-call rota API).
+    Jira: an Atlassian account email and API token (Basic auth, REST v3). PagerDuty: a REST API key
+    (``Authorization: Token token=<key>``). ``repr``/``str`` show the user names (identifiers, not
+    secrets) and only whether a password or token is configured, never its value.
+    """
+
+    servicenow_user: str | None = None
+    servicenow_password: str | None = None
+    jira_email: str | None = None
+    jira_token: str | None = None
+    pagerduty_token: str | None = None
+
+    def servicenow(self) -> tuple[str, str]:
+        """(user, password) for ServiceNow; :class:`SettingsError` names the variables that are unset."""
+        user, password = self._required("servicenow", self.servicenow_user, self.servicenow_password)
+        return user, password
+
+    def jira(self) -> tuple[str, str]:
+        """(email, API token) for Jira; :class:`SettingsError` names the variables that are unset."""
+        email, token = self._required("jira", self.jira_email, self.jira_token)
+        return email, token
+
+    def pagerduty(self) -> str:
+        """The PagerDuty REST API key; :class:`SettingsError` names the variable when it is unset."""
+        (token,) = self._required("pagerduty", self.pagerduty_token)
+        return token
+
+    def missing(self, service: str) -> tuple[str, ...]:
+        """The variables of ``service``'s credentials that are not set (empty when all are)."""
+        variables = _API_CREDENTIAL_VARIABLES[service]
+        return tuple(
+            variable
+            for variable, value in zip(variables, self._values(service), strict=True)
+            if value is None
+        )
+
+    def _values(self, service: str) -> tuple[str | None, ...]:
+        if service == "servicenow":
+            return (self.servicenow_user, self.servicenow_password)
+        if service == "jira":
+            return (self.jira_email, self.jira_token)
+        return (self.pagerduty_token,)
+
+    def _required(self, service: str, *values: str | None) -> tuple[str, ...]:
+        missing = self.missing(service)
+        if missing:
+            raise SettingsError(f"{service} API credentials are not configured: set {' and '.join(missing)}")
+        return tuple(value for value in values if value is not None)
+
+    def __repr__(self) -> str:
+        def secret(value: str | None) -> str:
+            return repr(None if value is None else "<redacted>")
+
+        return (
+            f"ApiCredentials(servicenow_user={self.servicenow_user!r}, "
+            f"servicenow_password={secret(self.servicenow_password)}, jira_email={self.jira_email!r}, "
+            f"jira_token={secret(self.jira_token)}, pagerduty_token={secret(self.pagerduty_token)})"
+        )
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Settings:
     """The app's configuration. Build it with :meth:`from_env` (or :func:`get_settings`)."""
@@ -234,6 +333,7 @@ class Settings:
     azure_client_id: str | None = None
     policy_path: Path = field(default=DEFAULT_POLICY_PATH)
     itsm_webhook_secrets: WebhookSecrets = field(default_factory=WebhookSecrets)
+    api_credentials: ApiCredentials = field(default_factory=ApiCredentials)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -265,6 +365,14 @@ class Settings:
                 for key, variable in ((system, current), (f"{system}_previous", previous))
             }
         )
+        api_credentials = ApiCredentials(
+            servicenow_user=reader.basic_auth_user(SERVICENOW_API_USER),
+            servicenow_password=reader.api_secret(SERVICENOW_API_PASSWORD),
+            jira_email=reader.basic_auth_user(JIRA_API_EMAIL),
+            jira_token=reader.api_secret(JIRA_API_TOKEN),
+            pagerduty_token=reader.api_secret(PAGERDUTY_API_TOKEN),
+        )
+        reader.credential_pairs()
 
         reader.raise_if_problems()
         assert tenant_id is not None and graph_base_url is not None and bot_app_id is not None
@@ -285,6 +393,7 @@ class Settings:
             azure_client_id=azure_client_id,
             policy_path=policy_path,
             itsm_webhook_secrets=itsm_webhook_secrets,
+            api_credentials=api_credentials,
         )
 
     def base_url_for(self, service: str) -> str:
@@ -311,7 +420,9 @@ class Settings:
 
         Every enabled ITSM needs its base URL (ticket notes and state changes go back to it) and, except
         Xurrent (JWT-signed), its current webhook secret (``<SYSTEM>_WEBHOOK_SECRET``); the ``pagerduty``
-        roster provider needs PAGERDUTY_BASE_URL and ``servicenow_rota`` needs SERVICENOW_BASE_URL. All
+        roster provider needs PAGERDUTY_BASE_URL and ``servicenow_rota`` needs SERVICENOW_BASE_URL.
+        ServiceNow (enabled or the rota provider) also needs SERVICENOW_API_USER + SERVICENOW_API_PASSWORD,
+        Jira JIRA_API_EMAIL + JIRA_API_TOKEN, and the ``pagerduty`` provider PAGERDUTY_API_TOKEN. All
         missing variables are named in one :class:`SettingsError`.
         """
         needed: dict[str, list[str]] = {}
@@ -344,6 +455,14 @@ class Settings:
                     f"{current} (required because ITSM {system!r} is enabled in the policy: its webhooks are "
                     f"signed with it{also})"
                 )
+        for service, reasons in needed.items():
+            if service not in _API_CREDENTIAL_VARIABLES:
+                continue  # ivanti, xurrent: no adapter calls them yet
+            because = " and ".join(reasons)
+            missing.extend(
+                f"{variable} (required because {because}: {_API_PURPOSE[service]})"
+                for variable in self.api_credentials.missing(service)
+            )
         if missing:
             raise SettingsError("missing setting(s) required by the policy: " + "; ".join(missing))
 
@@ -441,6 +560,43 @@ class _Reader:
             )
             return None
         return value
+
+    def basic_auth_user(self, name: str) -> str | None:
+        """A Basic-auth user name (ServiceNow user, Jira account email): no ':' (RFC 7617)."""
+        value = self._get(name)
+        if value is not None and ":" in value:
+            self._problems.append(
+                f"{name}={value!r} contains ':', which Basic authentication cannot carry in a user name"
+            )
+            return None
+        return value
+
+    def api_secret(self, name: str) -> str | None:
+        """An API password or token: any length (each service has its own format); never echoed."""
+        value = self._get(name)
+        if value is None:
+            return None
+        if value.lower().startswith(_KEY_VAULT_REFERENCE_PREFIX):
+            self._problems.append(
+                f"{name} is an unresolved Key Vault reference: the Function App could not read the secret "
+                "(check the reference's SecretUri and that the app's identity may read secrets in the vault)"
+            )
+            return None
+        return value
+
+    def credential_pairs(self) -> None:
+        """A user without its password (or the reverse) is a half-done configuration: say which half."""
+        for service, variables in _API_CREDENTIAL_VARIABLES.items():
+            if len(variables) != 2:
+                continue
+            first, second = variables
+            has_first = self._get(first) is not None
+            has_second = self._get(second) is not None
+            if has_first != has_second:
+                present, absent = (first, second) if has_first else (second, first)
+                self._problems.append(
+                    f"{present} is set but {absent} is not: {service} Basic authentication needs both"
+                )
 
     def policy_path(self) -> Path:
         value = self._get(POLICY_PATH)

@@ -77,12 +77,18 @@ class CheckResult:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> CheckResult:
-        return CheckResult(data["check"], bool(data["passed"]), str(data["reason"]), dict(data["evidence"]),
-                           tuple(GraphCall(**call) for call in data.get("calls", ())))  # fmt: skip
+        return CheckResult(
+            data["check"],
+            bool(data["passed"]),
+            str(data["reason"]),
+            dict(data["evidence"]),
+            tuple(GraphCall(**call) for call in data.get("calls", ())),
+        )
 
 
-def _result(check: str, passed: bool, reason: str, evidence: dict[str, Any],
-            calls: Sequence[GraphCall] = ()) -> CheckResult:  # fmt: skip
+def _result(
+    check: str, passed: bool, reason: str, evidence: dict[str, Any], calls: Sequence[GraphCall] = ()
+) -> CheckResult:
     return CheckResult(check, passed, reason, evidence, tuple(calls))
 
 
@@ -128,8 +134,12 @@ def check_role(request: AccessRequest, policy: Policy) -> CheckResult:
     except UnknownRoleError as error:
         return _result(ROLE, False, str(error), {"requested": request.role})
     reason = f"{role.name} may be requested ({role.tier} tier, {role.approval.replace('_', ' ')} approval)"
-    return _result(ROLE, True, reason, {"role": role.name, "templateId": role.template_id, "tier": role.tier,
-                                        "approval": role.approval})  # fmt: skip
+    return _result(
+        ROLE,
+        True,
+        reason,
+        {"role": role.name, "templateId": role.template_id, "tier": role.tier, "approval": role.approval},
+    )
 
 
 async def check_incident(request: AccessRequest, incidents: Incidents) -> CheckResult:
@@ -138,8 +148,12 @@ async def check_incident(request: AccessRequest, incidents: Incidents) -> CheckR
         return _result(INCIDENT, False, "the ticket names no linked incident: link the P1 incident", {})
     current = await incidents.get_incident(linked.number)
     if current is None:
-        return _result(INCIDENT, False, f"incident {linked.number} does not exist in the ITSM",
-                       {"incident": linked.number})  # fmt: skip
+        return _result(
+            INCIDENT,
+            False,
+            f"incident {linked.number} does not exist in the ITSM",
+            {"incident": linked.number},
+        )
     evidence = {"incident": current.number, "state": current.state, "majorIncident": current.major_incident}
     if current.is_open is not True:
         return _result(
@@ -159,17 +173,29 @@ async def check_eligibility(
     return _result(ELIGIBILITY, True, f"eligible for {role_name} in PIM", evidence, [found.call])
 
 
-async def check_duplicates(user_id: str, role_name: str, role_template_id: str,
-                           directory: Directory) -> CheckResult:  # fmt: skip
+async def check_duplicates(
+    user_id: str, role_name: str, role_template_id: str, directory: Directory
+) -> CheckResult:
     active = await directory.active_assignments(user_id, role_template_id)
     pending = await directory.pending_requests(user_id, role_template_id)
     calls = [active.call, pending.call]
     evidence = {"active": [s.id for s in active.value], "pending": [s.id for s in pending.value]}
     if active.value:
         ends = ", ".join(s.end or "no end" for s in active.value)
-        return _result(DUPLICATES, False, f"{role_name} is already active for the responder (until {ends})",
-                       evidence, calls)  # fmt: skip
+        return _result(
+            DUPLICATES,
+            False,
+            f"{role_name} is already active for the responder (until {ends})",
+            evidence,
+            calls,
+        )
     if pending.value:
-        return _result(DUPLICATES, False, f"a request for {role_name} is already pending in PIM "
-                       f"({', '.join(s.kind for s in pending.value)})", evidence, calls)  # fmt: skip
+        return _result(
+            DUPLICATES,
+            False,
+            f"a request for {role_name} is already pending in PIM "
+            f"({', '.join(s.kind for s in pending.value)})",
+            evidence,
+            calls,
+        )
     return _result(DUPLICATES, True, f"no active or pending {role_name} assignment", evidence, calls)

@@ -9,6 +9,7 @@ from shared import settings as settings_module
 from shared.settings import (
     AZURITE_CONNECTION_STRING,
     SETTINGS_VARIABLES,
+    ApiCredentials,
     Settings,
     SettingsError,
     TableStorageTarget,
@@ -28,6 +29,11 @@ SERVICENOW_SECRET = "sn-webhook-secret-0123456789abcdef-0123"
 SERVICENOW_PREVIOUS_SECRET = "sn-webhook-secret-previous-0123456789ab"
 JIRA_SECRET = "jira-webhook-secret-0123456789abcdef-01"
 IVANTI_SECRET = "ivanti-webhook-secret-0123456789abcdef0"
+SERVICENOW_API_USER = "svc-pim-emergency-access"
+SERVICENOW_API_PASSWORD = "sn-api-password-Do-Not-Leak-4711"
+JIRA_API_EMAIL = "pim-bot@contoso.test"
+JIRA_API_TOKEN = "ATATT3xFfGF0-jira-api-token-Do-Not-Leak"
+PAGERDUTY_API_TOKEN = "u+pd-api-token-DoNotLeak"
 
 
 def minimal_env(**overrides: str) -> dict[str, str]:
@@ -41,6 +47,12 @@ def minimal_env(**overrides: str) -> dict[str, str]:
         # The repository policy enables ServiceNow and Jira, whose webhooks are signed with these.
         "SERVICENOW_WEBHOOK_SECRET": SERVICENOW_SECRET,
         "JIRA_WEBHOOK_SECRET": JIRA_SECRET,
+        # ... and whose APIs (and PagerDuty's, for the pagerduty roster provider) are called with these.
+        "SERVICENOW_API_USER": SERVICENOW_API_USER,
+        "SERVICENOW_API_PASSWORD": SERVICENOW_API_PASSWORD,
+        "JIRA_API_EMAIL": JIRA_API_EMAIL,
+        "JIRA_API_TOKEN": JIRA_API_TOKEN,
+        "PAGERDUTY_API_TOKEN": PAGERDUTY_API_TOKEN,
     }
     env.update(overrides)
     return {key: value for key, value in env.items() if value != "<unset>"}
@@ -440,3 +452,145 @@ def test_check_for_policy_a_previous_secret_alone_is_not_enough():
         SettingsError, match=r"JIRA_WEBHOOK_SECRET \(required .*JIRA_WEBHOOK_SECRET_PREVIOUS alone"
     ):
         settings.check_for_policy(["jira"], "entra_group")
+
+
+# --- API credentials (ITSM and PagerDuty) ------------------------------------------------------------------
+
+API_CREDENTIAL_VARIABLES = [
+    "SERVICENOW_API_USER",
+    "SERVICENOW_API_PASSWORD",
+    "JIRA_API_EMAIL",
+    "JIRA_API_TOKEN",
+    "PAGERDUTY_API_TOKEN",
+]
+API_SECRETS = (SERVICENOW_API_PASSWORD, JIRA_API_TOKEN, PAGERDUTY_API_TOKEN)
+NO_API_CREDENTIALS = dict.fromkeys(API_CREDENTIAL_VARIABLES, "<unset>")
+ALL_BASE_URLS = {
+    "SERVICENOW_BASE_URL": "https://sn.example.com",
+    "JIRA_BASE_URL": "https://jira.example.com",
+    "PAGERDUTY_BASE_URL": "https://api.pagerduty.com",
+}
+
+
+def test_api_credential_variables_are_optional_settings():
+    for name in API_CREDENTIAL_VARIABLES:
+        assert SETTINGS_VARIABLES[name] is False
+    settings = Settings.from_env(minimal_env(**NO_API_CREDENTIALS))
+    assert settings.api_credentials == ApiCredentials()
+
+
+def test_api_credentials_are_read():
+    credentials = Settings.from_env(minimal_env()).api_credentials
+    assert credentials.servicenow() == (SERVICENOW_API_USER, SERVICENOW_API_PASSWORD)
+    assert credentials.jira() == (JIRA_API_EMAIL, JIRA_API_TOKEN)
+    assert credentials.pagerduty() == PAGERDUTY_API_TOKEN
+
+
+def test_unset_api_credentials_name_the_variables_to_set():
+    credentials = Settings.from_env(minimal_env(**NO_API_CREDENTIALS)).api_credentials
+    with pytest.raises(SettingsError, match="set SERVICENOW_API_USER and SERVICENOW_API_PASSWORD"):
+        credentials.servicenow()
+    with pytest.raises(SettingsError, match="set JIRA_API_EMAIL and JIRA_API_TOKEN"):
+        credentials.jira()
+    with pytest.raises(SettingsError, match="set PAGERDUTY_API_TOKEN"):
+        credentials.pagerduty()
+
+
+def test_api_secrets_never_appear_in_repr_or_str():
+    settings = Settings.from_env(minimal_env())
+    texts = (repr(settings), str(settings), repr(settings.api_credentials), f"{settings.api_credentials}")
+    for text in texts:
+        for secret in API_SECRETS:
+            assert secret not in text
+            assert secret[:10] not in text
+    # The user names are identifiers, shown so that an operator can tell which account is used.
+    assert f"servicenow_user={SERVICENOW_API_USER!r}" in repr(settings)
+    assert "servicenow_password='<redacted>'" in repr(settings)
+    assert "pagerduty_token='<redacted>'" in repr(settings)
+    unset = repr(Settings.from_env(minimal_env(**NO_API_CREDENTIALS)).api_credentials)
+    assert "jira_token=None" in unset
+
+
+@pytest.mark.parametrize(
+    ("present", "absent"),
+    [
+        ("SERVICENOW_API_USER", "SERVICENOW_API_PASSWORD"),
+        ("SERVICENOW_API_PASSWORD", "SERVICENOW_API_USER"),
+        ("JIRA_API_EMAIL", "JIRA_API_TOKEN"),
+        ("JIRA_API_TOKEN", "JIRA_API_EMAIL"),
+    ],
+)
+def test_half_a_basic_auth_pair_is_refused_naming_both_halves(present, absent):
+    message = error_of(minimal_env(**{absent: "<unset>"}))
+    assert f"{present} is set but {absent} is not" in message
+    for secret in API_SECRETS:
+        assert secret not in message
+
+
+def test_a_basic_auth_user_with_a_colon_is_refused():
+    message = error_of(minimal_env(SERVICENOW_API_USER="svc:pim"))
+    assert "SERVICENOW_API_USER='svc:pim' contains ':'" in message
+
+
+@pytest.mark.parametrize("name", ["SERVICENOW_API_PASSWORD", "JIRA_API_TOKEN", "PAGERDUTY_API_TOKEN"])
+def test_an_unresolved_key_vault_reference_for_an_api_secret_is_refused(name):
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-pim.vault.azure.net/secrets/api/)"
+    message = error_of(minimal_env(**{name: reference}))
+    assert f"{name} is an unresolved Key Vault reference" in message
+
+
+def test_check_for_policy_requires_the_api_credentials_of_enabled_itsm_and_the_roster():
+    settings = Settings.from_env(minimal_env(**NO_API_CREDENTIALS, **ALL_BASE_URLS))
+    with pytest.raises(SettingsError) as caught:
+        settings.check_for_policy(["servicenow", "jira"], "pagerduty")
+    message = str(caught.value)
+    for name in API_CREDENTIAL_VARIABLES:
+        assert f"{name} (required because" in message
+    assert "SERVICENOW_API_USER (required because ITSM 'servicenow' is enabled in the policy: " in message
+    assert "JIRA_API_TOKEN (required because ITSM 'jira' is enabled in the policy: " in message
+    assert "PAGERDUTY_API_TOKEN (required because roster provider is 'pagerduty': " in message
+    assert "_BASE_URL" not in message
+
+
+def test_check_for_policy_servicenow_rota_needs_the_servicenow_api_credentials():
+    settings = Settings.from_env(minimal_env(**NO_API_CREDENTIALS, **ALL_BASE_URLS))
+    with pytest.raises(SettingsError) as caught:
+        settings.check_for_policy([], "servicenow_rota")
+    message = str(caught.value)
+    assert "SERVICENOW_API_USER (required because roster provider is 'servicenow_rota'" in message
+    assert "SERVICENOW_API_PASSWORD (required because roster provider is 'servicenow_rota'" in message
+    assert "JIRA_API" not in message
+    assert "PAGERDUTY_API_TOKEN" not in message
+
+
+def test_check_for_policy_names_both_reasons_for_servicenow_once():
+    settings = Settings.from_env(minimal_env(**NO_API_CREDENTIALS, **ALL_BASE_URLS))
+    with pytest.raises(SettingsError) as caught:
+        settings.check_for_policy(["servicenow"], "servicenow_rota")
+    message = str(caught.value)
+    assert message.count("SERVICENOW_API_USER") == 1
+    assert (
+        "SERVICENOW_API_USER (required because ITSM 'servicenow' is enabled in the policy and roster "
+        "provider is 'servicenow_rota'" in message
+    )
+
+
+def test_check_for_policy_needs_no_api_credentials_for_the_entra_roster_or_disabled_itsm():
+    settings = Settings.from_env(
+        minimal_env(
+            **NO_API_CREDENTIALS,
+            **ALL_BASE_URLS,
+            IVANTI_BASE_URL="https://ivanti.example.com",
+            XURRENT_BASE_URL="https://xurrent.example.com",
+            IVANTI_WEBHOOK_SECRET=IVANTI_SECRET,
+        )
+    )
+    settings.check_for_policy([], "entra_group")
+    # Ivanti and Xurrent have no ITSM adapter yet, so nothing calls their APIs.
+    settings.check_for_policy(["ivanti", "xurrent"], "entra_group")
+
+
+def test_check_for_policy_passes_with_the_minimal_environment_and_the_repo_policy_services():
+    settings = Settings.from_env(minimal_env(**ALL_BASE_URLS))
+    settings.check_for_policy(["servicenow", "jira"], "pagerduty")
+    settings.check_for_policy(["servicenow", "jira"], "servicenow_rota")

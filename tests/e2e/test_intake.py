@@ -1,0 +1,321 @@
+"""End to end: signed ITSM webhooks into the real function_app on the devhost, with the simulators
+(Graph, ServiceNow, Jira, the managed-identity endpoint) and Azurite. Outcomes are read from the
+request's audit rows (GET /api/requests/{id}), the ticket from the ServiceNow simulator's journal, and
+rejections from the day's security chain."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from azure.data.tables import TableServiceClient
+
+from local.azurite import Azurite
+from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
+from local.simulators.process import SimulatorProcess
+from local.stack import DevhostProcess
+from shared.audit import AuditLedger, security_chain
+from shared.policy import load_policy
+from shared.settings import DEFAULT_POLICY_PATH
+from tests.e2e.conftest import app_host_in
+
+pytestmark = pytest.mark.stack
+
+POLICY = load_policy(DEFAULT_POLICY_PATH)
+SECRET = "local-servicenow-webhook-secret-0123456789abcdef"  # the sample settings' dev value
+EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+RESPONDERS = POLICY.roster.group_id
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[SimulatorProcess]:
+    process = SimulatorProcess()
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def host(
+    tmp_path_factory: pytest.TempPathFactory, azurite: Azurite, sims: SimulatorProcess
+) -> Iterator[DevhostProcess]:
+    work: Path = tmp_path_factory.mktemp("intake")
+    process = app_host_in(work, azurite, **sims.settings, IDENTITY_ENDPOINT=sims.url + TOKEN_PATH,
+                          IDENTITY_HEADER=IDENTITY_HEADER)  # fmt: skip
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_world(sims: SimulatorProcess) -> None:
+    sims.reset()
+
+
+def seed_world(sims: SimulatorProcess, *, on_call: bool = True, eligible: bool = True, active: bool = False,
+               incident_state: str = "2") -> dict[str, Any]:  # fmt: skip
+    """A responder (Alex) and an opener (Sam), the responder group, PIM state and a P1 incident."""
+    tag = uuid.uuid4().hex[:6]
+    alex = sims.seed("graph/users", {"userPrincipalName": f"alex.{tag}@contoso.test"})
+    sims.seed("graph/users", {"userPrincipalName": f"sam.{tag}@contoso.test"})
+    sims.seed("graph/groups", {"id": RESPONDERS, "displayName": "On-call responders",
+                               "members": [alex["id"]] if on_call else []})  # fmt: skip
+    if eligible:
+        sims.seed("graph/eligibility", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE})
+    if active:
+        sims.seed("graph/assignments", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE,
+                                        "assignmentType": "Activated"})  # fmt: skip
+    incident = sims.seed("servicenow/incidents", {"short_description": "Mail flow down", "priority": "1",
+                                                  "state": incident_state})  # fmt: skip
+    return {"alex": alex, "tag": tag, "incident": incident}
+
+
+def servicenow_payload(world: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    incident = world["incident"]
+    tag = world["tag"]
+    payload: dict[str, Any] = {
+        "event": "created", "sys_id": incident["sys_id"], "number": incident["number"], "priority": "1",
+        "state": "2", "short_description": "Mail flow down",
+        "opened_by": {"user_name": f"sam.{tag}", "email": f"sam.{tag}@contoso.test"},
+        "assigned_to": {"user_name": f"alex.{tag}", "email": f"alex.{tag}@contoso.test"},
+        "assignment_group": "Messaging",
+        "incident": {"number": incident["number"], "state": "2", "major_incident_state": "accepted"},
+        "access": {"type": "privileged", "role": "Exchange Administrator", "duration": "PT1H",
+                   "justification": "restore mail flow"},
+        "delivery_id": f"{incident['sys_id']}:{uuid.uuid4().hex}",
+    }  # fmt: skip
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            payload[section][field] = value
+        elif value is None:
+            payload.pop(section)
+        else:
+            payload[section] = value
+    return payload
+
+
+def send(sims: SimulatorProcess, host: DevhostProcess, payload: dict[str, Any] | None = None,
+         **options: Any) -> dict[str, Any]:  # fmt: skip
+    spec: dict[str, Any] = {"url": f"{host.url}/api/itsm/servicenow", "secret": SECRET, **options}
+    if payload is not None:
+        spec["payload"] = payload
+    answer: dict[str, Any] = sims.control("POST", "servicenow/send", json=spec)
+    return answer
+
+
+def wait_for_state(
+    host: DevhostProcess, request_id: str, states: tuple[str, ...], timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{host.url}/api/requests/{request_id}", params={"code": host.function_key})
+        if response.status_code == 200:
+            body = response.json()
+            if body["state"] in states:
+                return body
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} did not reach {states}: {body}\n{host.log_tail()}")
+
+
+def journal(sims: SimulatorProcess, sys_id: str) -> str:
+    view = sims.control("GET", f"servicenow/incidents/{sys_id}")
+    return "\n".join(str(entry) for entry in view.get("work_notes", []))
+
+
+def security_rows(azurite: Azurite) -> list[Any]:
+    policy = POLICY
+    with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        ledger = AuditLedger(service, policy.version_hash, policy.file_hash)
+        return ledger.read(security_chain(datetime.now(UTC)))
+
+
+def test_a_signed_servicenow_p1_for_an_on_call_eligible_responder_is_validated(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    answer = send(sims, host, servicenow_payload(world))
+    assert answer["status"] == 202, answer
+    request_id = answer["body"]["requestId"]
+    body = wait_for_state(host, request_id, ("validated", "rejected"))
+    assert body["state"] == "validated", body
+    steps = [step["step"] for step in body["timeline"]]
+    for check in ("responder", "role", "incident", "eligibility", "duplicates"):
+        assert f"validation.{check}" in steps
+    assert body["auditVerified"] is True
+    notes = journal(sims, world["incident"]["sys_id"])
+    for check in ("responder", "role", "incident", "eligibility", "duplicates"):
+        assert f"Check {check}: passed" in notes
+
+
+@pytest.mark.parametrize(
+    ("world_options", "changes", "reason"),
+    [
+        ({}, {"assigned_to": None}, "has no assignee"),
+        ({"on_call": False}, {}, "is not on call"),
+        ({}, {"access__role": "Tenant Owner"}, "Tenant Owner"),
+        ({}, {"incident": None}, "names no linked incident"),
+        ({"incident_state": "7"}, {}, "is not open"),
+        ({"eligible": False}, {}, "not eligible for Exchange Administrator"),
+        ({"active": True}, {}, "already active"),
+        ({}, {"assigned_to": {"user_name": "nobody", "email": "nobody@contoso.test"}}, "no Entra user"),
+    ],
+    ids=[
+        "not assignee",
+        "not on call",
+        "unknown role",
+        "no incident",
+        "incident closed",
+        "not eligible",
+        "already active",
+        "unknown user",
+    ],
+)
+def test_each_validation_failure_ends_access_rejected_with_its_reason_on_the_ticket(
+    sims: SimulatorProcess, host: DevhostProcess, world_options: dict[str, Any], changes: dict[str, Any],
+    reason: str,
+) -> None:  # fmt: skip
+    world = seed_world(sims, **world_options)
+    answer = send(sims, host, servicenow_payload(world, **changes))
+    assert answer["status"] == 202, answer
+    body = wait_for_state(host, answer["body"]["requestId"], ("validated", "rejected"))
+    assert body["state"] == "rejected"
+    final = body["timeline"][-1]["detail"]["reason"]
+    assert reason in final
+    notes = journal(sims, world["incident"]["sys_id"])
+    assert "Access rejected" in notes and reason in notes
+
+
+def test_a_p2_is_ignored_and_recorded(sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite) -> None:
+    world = seed_world(sims)
+    answer = send(sims, host, servicenow_payload(world, priority="2"))
+    assert answer["status"] == 200
+    assert answer["body"] == {"status": "ignored", "reason": "priority P2 is not P1"}
+    assert any(
+        row.kind == "intake.ignored" and "P2" in str(row.fields["Detail"]) for row in security_rows(azurite)
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        ({"omit_headers": ["X-Signature"]}, "missing_signature"),
+        ({"signature": "sha256=" + "0" * 64}, "bad_signature"),
+        ({"signed_body": '{"other": "body"}'}, "bad_signature"),
+        ({"timestamp": int(time.time()) - 3600}, "stale_timestamp"),
+        ({"timestamp": int(time.time()) + 3600}, "future_timestamp"),
+    ],
+    ids=["missing signature", "wrong signature", "signature over another body", "stale", "future"],
+)
+def test_bad_signatures_are_401_start_nothing_and_are_recorded(
+    sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite, options: dict[str, Any], code: str
+) -> None:
+    world = seed_world(sims)
+    before = len(security_rows(azurite))
+    answer = send(sims, host, servicenow_payload(world), **options)
+    assert answer["status"] == 401, answer
+    rows = security_rows(azurite)[before:]
+    assert [row.kind for row in rows] == ["intake.signature_rejected"]
+    assert code in str(rows[0].fields["Detail"])
+    assert "Check" not in journal(sims, world["incident"]["sys_id"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ("{not json", 400, "body"),
+        ('{"event": "created"}', 400, "sys_id"),
+        ("x" * 300_000, 413, "limit"),
+    ],
+    ids=["malformed JSON", "missing fields", "body over the limit"],
+)
+def test_bad_bodies_are_refused_start_nothing_and_are_recorded(
+    sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite, body: str, status: int, message: str
+) -> None:
+    before = len(security_rows(azurite))
+    answer = send(sims, host, body=body)
+    assert answer["status"] == status, answer
+    assert message in answer["body"]["error"]
+    assert len(security_rows(azurite)) == before + 1
+
+
+def test_a_duplicate_delivery_while_running_and_after_completion_starts_nothing_new(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    payload = servicenow_payload(world)
+    first = send(sims, host, payload)
+    again = send(sims, host, payload)
+    assert again["status"] == 200
+    assert again["body"]["requestId"] == first["body"]["requestId"]
+    wait_for_state(host, first["body"]["requestId"], ("validated", "rejected"))
+    after = send(sims, host, payload)
+    assert after["status"] == 200
+    assert after["body"]["requestId"] == first["body"]["requestId"]
+
+
+JIRA_SECRET = "local-jira-webhook-secret-0123456789abcdef0123"  # the sample settings' dev value
+
+
+def test_the_same_through_jira_is_validated_with_comments_and_a_transition(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    tag = world["tag"]
+    sims.seed(
+        "jira/issues",
+        {
+            "key": "OPS-1",
+            "summary": "Mail flow down",
+            "issuetype": "Incident",
+            "status": "In Progress",
+            "priority": "Highest",
+            "labels": ["major-incident"],
+        },
+    )
+    sims.seed(
+        "jira/issues",
+        {
+            "key": "OPS-2",
+            "summary": "Emergency access: Exchange Administrator",
+            "issuetype": "Service Request",
+            "priority": "Highest",
+            "assignee": f"alex.{tag}@contoso.test",
+            "reporter": f"sam.{tag}@contoso.test",
+            "fields": {
+                "customfield_10050": "Exchange Administrator",
+                "customfield_10051": "privileged",
+                "customfield_10052": "PT1H",
+                "customfield_10053": "restore mail flow",
+                "customfield_10054": "OPS-1",
+            },
+        },
+    )
+    issue = httpx.get(
+        f"{sims.jira_base_url}/rest/api/3/issue/OPS-2", auth=("pim-bot@contoso.test", "token")
+    ).json()
+    webhook = {"webhookEvent": "jira:issue_created", "timestamp": int(time.time() * 1000), "issue": issue}
+    answer = sims.control(
+        "POST",
+        "jira/send",
+        json={"url": f"{host.url}/api/itsm/jira", "payload": webhook, "secret": JIRA_SECRET},
+    )
+    assert answer["status"] == 202, answer
+    body = wait_for_state(host, answer["body"]["requestId"], ("validated", "rejected"))
+    assert body["state"] == "validated", body
+    view = sims.control("GET", "jira/issues/OPS-2")
+    comments = "\n".join(comment["text"] for comment in view["comments"])
+    for check in ("responder", "role", "incident", "eligibility", "duplicates"):
+        assert f"Check {check}: passed" in comments
+    assert view["status"] == "Access pending (approval)"
