@@ -8,13 +8,10 @@ exits non-zero if the demonstration did not end as expected.
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,33 +20,17 @@ from typing import Any
 
 import httpx
 
-from local.azurite import DEFAULT_PORT, Azurite, connection_string, free_port
+from local.azurite import DEFAULT_PORT, Azurite, connection_string
 from local.devhost.config import HUB_OVERRIDE
+from local.processes import LOOPBACK, ManagedProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SETTINGS = REPO_ROOT / "local.settings.sample.json"
 # The settings file is authoritative for these: never inherit them from the caller's environment.
 _ISOLATED_ENV = ("AzureWebJobsStorage", HUB_OVERRIDE)
-# Safety net for interpreter exit (Ctrl-C between a start and its stop): no devhost is left behind.
-_LIVE: set[subprocess.Popen[bytes]] = set()
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # the devhost leads its own session
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-    _LIVE.discard(process)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for process in list(_LIVE):
-        _kill_group(process)
-
-
-class DevhostProcess:
+class DevhostProcess(ManagedProcess):
     """One ``python -m local.devhost`` process with its settings file and its log (stdout + stderr)."""
 
     def __init__(
@@ -60,17 +41,24 @@ class DevhostProcess:
         app: str = "function_app:app",
         env: dict[str, str] | None = None,
     ) -> None:
+        # SIGKILL at interpreter exit (Ctrl-C between a start and its stop): a graceful shutdown could
+        # hold the exit up, and the devhost, like the Functions host, must survive a crash anyway.
+        super().__init__("devhost", log_path=log_path, exit_signal=signal.SIGKILL)
         self.settings_path = settings_path
-        self.log_path = log_path
         self.port = port or free_port()
         self.app = app
         self.env = env or {}
         self.started_wall: float | None = None  # time.time() just before the last start
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        path = super().log_path
+        assert path is not None  # given to the constructor
+        return path
 
     @property
     def keys(self) -> dict[str, Any]:
@@ -81,56 +69,24 @@ class DevhostProcess:
     def function_key(self) -> str:
         return str(self.keys["host"]["default"])
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self, timeout: float = 30.0) -> None:
-        if self.running:
-            raise RuntimeError("devhost already running")
         command = [sys.executable, "-m", "local.devhost", "--root", str(REPO_ROOT), "--app", self.app,
                    "--settings", str(self.settings_path), "--port", str(self.port)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in _ISOLATED_ENV}
         env.update(self.env, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as log:
-            self.started_wall = time.time()
-            # Its own session: a Ctrl-C in the terminal reaches the stack, which stops it in order.
-            self._process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-        _LIVE.add(self._process)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"devhost exited with {self._process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/admin/host/ping", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"devhost did not answer within {timeout} s:\n{self.log_tail()}")
+        self.started_wall = time.time()
+        self._launch(
+            command,
+            ready=lambda: httpx.get(f"{self.url}/admin/host/ping", timeout=1.0).status_code == 200,
+            transient=(httpx.TransportError,),
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            env=env,
+        )
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int | None:
         """Send ``sig`` and return the exit code; SIGKILL and RuntimeError if it does not exit in time."""
-        if self._process is None:
-            return None
-        if self._process.poll() is None:
-            self._process.send_signal(sig)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(self._process)
-                raise RuntimeError(f"devhost did not exit within {timeout} s of signal {sig}") from None
-        _LIVE.discard(self._process)
-        return self._process.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the devhost (no shutdown code runs), as a crash would."""
-        if self._process is not None:
-            _kill_group(self._process)
+        return self._stop(sig, timeout, strict=True)
 
     def restart(self) -> None:
         if self.running:
@@ -138,9 +94,12 @@ class DevhostProcess:
         self.start()
 
     def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return super().log_tail(lines)
+
+    def _startup_failure(self, code: int | None, timeout: float) -> str:
+        if code is not None:
+            return f"devhost exited with {code}"
+        return f"devhost did not answer within {timeout} s"
 
 
 def write_settings(path: Path, storage: str, extra: dict[str, str] | None = None) -> None:

@@ -9,28 +9,20 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import weakref
-from collections import deque
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
+
+from local.processes import LOOPBACK, ManagedProcess, free_port
 
 __all__ = ["DEFAULT_PORT", "SimulatorProcess"]
 
 DEFAULT_PORT = 7081
 LOG_FILE_NAME = "simulators.log"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_LOOPBACK = "127.0.0.1"
 _READY_TIMEOUT_S = 20.0
 
 # Path prefixes of the services (local/simulators/app.py mounts them) and the settings that point at them.
@@ -43,24 +35,13 @@ SETTINGS = {
 }
 
 
-def _free_port() -> int:
-    # Imported lazily: local.azurite pulls in azure-data-tables, which a simulator-only user does not need.
-    from local.azurite import free_port
-
-    return free_port()
-
-
-class SimulatorProcess:
+class SimulatorProcess(ManagedProcess):
     """One ``python -m local.simulators`` process on loopback, in its own session (a terminal Ctrl-C does
     not reach it; :meth:`stop` sends exactly one SIGINT)."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self._port = port if port is not None else _free_port()
-        self._log_path = log_path
-        self._workdir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._reaper: weakref.finalize[[subprocess.Popen[bytes]], SimulatorProcess] | None = None
+        super().__init__("simulators", log_path=log_path, log_name=LOG_FILE_NAME)
+        self._port = port if port is not None else free_port()
         self._client: httpx.Client | None = None
 
     # -- addresses ----------------------------------------------------------------------------------------
@@ -71,7 +52,7 @@ class SimulatorProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{_LOOPBACK}:{self._port}"
+        return f"http://{LOOPBACK}:{self._port}"
 
     @property
     def control_url(self) -> str:
@@ -98,85 +79,23 @@ class SimulatorProcess:
         """The app settings that point the app at these simulators."""
         return {SETTINGS[name]: self.url + prefix for name, prefix in PREFIXES.items()}
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def log_path(self) -> Path | None:
-        if self._log_path is not None:
-            return self._log_path
-        return self._workdir / LOG_FILE_NAME if self._workdir is not None else None
-
-    def log_tail(self, lines: int = 40) -> str:
-        path = self.log_path
-        if path is None or not path.exists():
-            return ""
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            return "".join(deque(fh, maxlen=lines))
-
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     def start(self, timeout: float = _READY_TIMEOUT_S) -> SimulatorProcess:
-        if self.running:
-            raise RuntimeError(f"simulators already running (pid {self.pid}, port {self._port})")
-        log_path = self._ensure_log_path()
-        self._close_log()
-        self._log = log_path.open("ab")
-        argv = [sys.executable, "-m", "local.simulators", "--port", str(self._port)]
-        try:
-            self._proc = subprocess.Popen(
-                argv,
-                cwd=_REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-            # Safety net for callers that never call stop(): no orphan simulator after interpreter exit.
-            self._reaper = weakref.finalize(self, _stop_process, self._proc)
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
+        # A real control-API call rather than a port probe: it proves the app, not just the socket, is up.
+        self._launch(
+            [sys.executable, "-m", "local.simulators", "--port", str(self._port)],
+            ready=lambda: httpx.get(f"{self.control_url}/state", timeout=1.0).status_code == 200,
+            transient=(httpx.TransportError,),
+            timeout=timeout,
+            poll_interval=0.05,
+            cwd=_REPO_ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         return self
-
-    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 10.0) -> int | None:
-        """Send ``sig`` (SIGINT by default) and return the exit code; SIGKILL if it does not exit in time."""
-        proc = self._proc
-        if proc is None:
-            return None
-        try:
-            if proc.poll() is None:
-                _signal_group(proc, sig)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.kill()
-            return proc.returncode
-        finally:
-            self._close_log()
-
-    def kill(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            _signal_group(proc, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        self._close_log()
 
     def __enter__(self) -> SimulatorProcess:
         return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"SimulatorProcess(port={self._port}, pid={self.pid}, running={self.running})"
@@ -216,64 +135,7 @@ class SimulatorProcess:
             self._client = httpx.Client(timeout=40.0)
         return self._client
 
-    def _ensure_log_path(self) -> Path:
-        if self._log_path is not None:
-            self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            return self._log_path
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="simulators-"))
-            # Kept while this object lives so that a failing test can still read the log.
-            weakref.finalize(self, shutil.rmtree, self._workdir, ignore_errors=True)
-        return self._workdir / LOG_FILE_NAME
-
-    def _wait_ready(self, timeout: float) -> None:
-        # A real control-API call rather than a port probe: it proves the app, not just the socket, is up.
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(f"simulators exited with code {code} during startup:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.control_url}/state", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError as err:
-                last_error = err
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"simulators did not answer on {self.url} within {timeout:.0f}s "
-                    f"(last error: {last_error!r}):\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-
-    def _close_log(self) -> None:
-        # Called after every stop/kill, so it also disarms the exit safety net and closes the HTTP client.
-        if self._reaper is not None:
-            self._reaper.detach()
-            self._reaper = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _on_stopped(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if proc.returncode is not None:
-        return  # already reaped: the pid may belong to an unrelated process by now
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)  # the child leads its own session: its pid is its process group id
-
-
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Finalizer: must not reference the SimulatorProcess, or it would keep it alive forever."""
-    if proc.poll() is not None:
-        return
-    _signal_group(proc, signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
