@@ -141,6 +141,17 @@ def validate(flow: RequestFlow) -> Generator[Any, Any, CheckResult | None]:
 @bp.orchestration_trigger(context_name="context", orchestration=ACCESS_REQUEST_ORCHESTRATOR)
 def access_request(context: df.DurableOrchestrationContext) -> Steps:
     flow = RequestFlow(context)
+    try:
+        return (yield from _run(flow))
+    except Exception as error:  # an activity failed after its retries (e.g. the ITSM or Graph is down)
+        # Never leave a request silently half-done: record why it stopped, then end. Escalation with
+        # diagnostics comes with the escalation stage.
+        reason = f"the request stopped: {str(error).splitlines()[0][:500]}"
+        yield from flow.set_state("failed", reason)
+        return {"requestId": flow.request_id, "state": "failed", "reason": reason}
+
+
+def _run(flow: RequestFlow) -> Steps:
     request = flow.request
     yield from flow.record(
         "intake.accepted",

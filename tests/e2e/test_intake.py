@@ -75,8 +75,10 @@ def seed_world(sims: SimulatorProcess, *, on_call: bool = True, eligible: bool =
     if active:
         sims.seed("graph/assignments", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE,
                                         "assignmentType": "Activated"})  # fmt: skip
-    incident = sims.seed("servicenow/incidents", {"short_description": "Mail flow down", "priority": "1",
-                                                  "state": incident_state})  # fmt: skip
+    # A number of its own: the app's request index (in Azurite) outlives the simulators' reset.
+    number = f"INC{uuid.uuid4().int % 10**7:07d}"
+    incident = sims.seed("servicenow/incidents", {"number": number, "short_description": "Mail flow down",
+                                                  "priority": "1", "state": incident_state})  # fmt: skip
     return {"alex": alex, "tag": tag, "incident": incident}
 
 
@@ -127,6 +129,11 @@ def wait_for_state(
                 return body
         time.sleep(0.2)
     raise AssertionError(f"request {request_id} did not reach {states}: {body}\n{host.log_tail()}")
+
+
+def instances(host: DevhostProcess) -> int:
+    """How many orchestrations the host has (its Durable RPC route answers loopback callers)."""
+    return len(httpx.get(f"{host.url}/durabletask/instances/").json())
 
 
 def journal(sims: SimulatorProcess, sys_id: str) -> str:
@@ -191,6 +198,7 @@ def test_each_validation_failure_ends_access_rejected_with_its_reason_on_the_tic
     assert answer["status"] == 202, answer
     body = wait_for_state(host, answer["body"]["requestId"], ("validated", "rejected"))
     assert body["state"] == "rejected"
+    assert body["auditVerified"] is True
     final = body["timeline"][-1]["detail"]["reason"]
     assert reason in final
     notes = journal(sims, world["incident"]["sys_id"])
@@ -222,9 +230,10 @@ def test_bad_signatures_are_401_start_nothing_and_are_recorded(
     sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite, options: dict[str, Any], code: str
 ) -> None:
     world = seed_world(sims)
-    before = len(security_rows(azurite))
+    before, started = len(security_rows(azurite)), instances(host)
     answer = send(sims, host, servicenow_payload(world), **options)
     assert answer["status"] == 401, answer
+    assert instances(host) == started
     rows = security_rows(azurite)[before:]
     assert [row.kind for row in rows] == ["intake.signature_rejected"]
     assert code in str(rows[0].fields["Detail"])
@@ -243,9 +252,10 @@ def test_bad_signatures_are_401_start_nothing_and_are_recorded(
 def test_bad_bodies_are_refused_start_nothing_and_are_recorded(
     sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite, body: str, status: int, message: str
 ) -> None:
-    before = len(security_rows(azurite))
+    before, started = len(security_rows(azurite)), instances(host)
     answer = send(sims, host, body=body)
     assert answer["status"] == status, answer
+    assert instances(host) == started
     assert message in answer["body"]["error"]
     assert len(security_rows(azurite)) == before + 1
 
@@ -319,3 +329,60 @@ def test_the_same_through_jira_is_validated_with_comments_and_a_transition(
     for check in ("responder", "role", "incident", "eligibility", "duplicates"):
         assert f"Check {check}: passed" in comments
     assert view["status"] == "Access pending (approval)"
+
+
+def test_a_re_request_after_the_request_ended_is_a_new_request(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims, eligible=False)
+    first = send(sims, host, servicenow_payload(world))
+    wait_for_state(host, first["body"]["requestId"], ("rejected",))
+    second = send(sims, host, servicenow_payload(world))  # a new delivery for the same ticket and role
+    assert second["status"] == 202
+    assert first["body"]["requestId"].endswith("-g1")
+    assert second["body"]["requestId"] == first["body"]["requestId"][:-1] + "2"
+    assert wait_for_state(host, second["body"]["requestId"], ("rejected",))["state"] == "rejected"
+
+
+def test_a_new_delivery_while_the_request_runs_returns_that_request(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    # Slow Graph down so that the first request is still validating when the update arrives.
+    sims.control(
+        "POST",
+        "faults",
+        json={"service": "graph", "path_contains": "/users", "latency_ms": 3000, "status": None, "count": 1},
+    )
+    first = send(sims, host, servicenow_payload(world))
+    update = send(sims, host, servicenow_payload(world, short_description="Mail flow down (update)"))
+    assert update["status"] == 200, update
+    assert update["body"]["requestId"] == first["body"]["requestId"]
+    assert update["body"]["status"] == "running"
+    assert wait_for_state(host, first["body"]["requestId"], ("validated", "rejected"))["state"] == "validated"
+
+
+def test_a_resolution_without_a_running_request_is_ignored_and_recorded(
+    sims: SimulatorProcess, host: DevhostProcess, azurite: Azurite
+) -> None:
+    world = seed_world(sims)
+    before = len(security_rows(azurite))
+    answer = send(sims, host, servicenow_payload(world, event="resolved"))
+    assert answer["status"] == 200
+    assert answer["body"]["status"] == "ignored"
+    assert "has no running request to resolve" in answer["body"]["reason"]
+    assert [row.kind for row in security_rows(azurite)[before:]] == ["intake.ignored"]
+
+
+def test_a_ticket_that_cannot_be_updated_ends_the_request_failed_with_the_reason(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    sims.control("POST", "faults", json={"service": "servicenow", "path_contains": "/api/now/table/incident",
+                                         "method": "PATCH", "status": 503, "count": None})  # fmt: skip
+    answer = send(sims, host, servicenow_payload(world))
+    body = wait_for_state(host, answer["body"]["requestId"], ("validated", "rejected", "failed"), timeout=60)
+    assert body["state"] == "failed"
+    reason = body["timeline"][-1]["detail"]["reason"]
+    assert "update_ticket" in reason and "503" in reason
+    assert body["auditVerified"] is True
