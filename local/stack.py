@@ -23,9 +23,12 @@ import httpx
 from local.azurite import DEFAULT_PORT, Azurite, connection_string
 from local.devhost.config import HUB_OVERRIDE
 from local.processes import LOOPBACK, ManagedProcess, free_port
+from local.simulators.identity import TOKEN_PATH
+from local.simulators.process import SimulatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SETTINGS = REPO_ROOT / "local.settings.sample.json"
+SIMULATOR_PORT = 7081
 # The settings file is authoritative for these: never inherit them from the caller's environment.
 _ISOLATED_ENV = ("AzureWebJobsStorage", HUB_OVERRIDE)
 
@@ -127,10 +130,13 @@ def run(port: int) -> int:
         print(f"created {settings.name} from {SAMPLE_SETTINGS.name}")
     azurite = Azurite(location=state / "azurite", port=DEFAULT_PORT)
     azurite.start()
+    # On the port local.settings.sample.json names for every simulated service.
+    simulators = SimulatorProcess(port=SIMULATOR_PORT, log_path=state / "simulators.log")
     devhost = DevhostProcess(
         settings, state / "devhost.log", port=port, env={"AzureWebJobsStorage": azurite.connection_string}
     )
     try:
+        simulators.start()
         devhost.start()
         print(
             f"""
@@ -138,8 +144,10 @@ Local stack running (Ctrl-C stops it):
   Functions app     {devhost.url}/api/            (function key: Keys.host.default in {settings.name})
   Durable self-check curl -X POST '{devhost.url}/api/selfcheck?code=<key>'
   Host status       {devhost.url}/admin/host/status?code=<Keys.master>
+  ITSM webhooks     POST {devhost.url}/api/itsm/servicenow | jira   (signed; see docs/intake.md)
+  Simulators        {simulators.url}/  (Graph, ServiceNow, Jira, PagerDuty; control API at /_sim)
   Azurite (tables)  {azurite.table_endpoint}     (state in .local/azurite)
-  devhost log       .local/devhost.log
+  logs              .local/devhost.log, .local/simulators.log
 """,
             flush=True,
         )
@@ -153,6 +161,7 @@ Local stack running (Ctrl-C stops it):
     finally:
         print("stopping...", flush=True)
         devhost.stop()
+        simulators.stop()
         azurite.stop()
     return 0
 
@@ -169,18 +178,23 @@ def demo() -> int:
 
     with tempfile.TemporaryDirectory(prefix="pim-demo-") as temp, Azurite() as azurite:
         work = Path(temp)
+        simulators = SimulatorProcess(log_path=work / "simulators.log")
+        simulators.start()
         settings = work / "local.settings.json"
-        write_settings(settings, connection_string(azurite.port))
+        write_settings(settings, connection_string(azurite.port), {
+            **simulators.settings, "IDENTITY_ENDPOINT": simulators.url + TOKEN_PATH,
+        })  # fmt: skip
         devhost = DevhostProcess(settings, work / "devhost.log")
         try:
             devhost.start()
-            ok = run_demo(devhost.url, devhost.function_key, azurite.connection_string)
+            ok = run_demo(devhost, simulators, azurite.connection_string)
         except Exception as exc:
             print(f"demo failed: {type(exc).__name__}: {exc}\n--- devhost log ---\n{devhost.log_tail()}")
             ok = False
         finally:
             code = devhost.stop()
-            print(f"devhost stopped (exit code {code}); Azurite stopping")
+            simulators.stop()
+            print(f"devhost stopped (exit code {code}); simulators and Azurite stopping")
     return 0 if ok else 1
 
 

@@ -6,7 +6,6 @@ rejections from the day's security chain."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from local.azurite import Azurite
+from local.scenarios import seed_responder_world, send_servicenow, servicenow_payload
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from local.stack import DevhostProcess
@@ -29,8 +29,6 @@ pytestmark = pytest.mark.stack
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 SECRET = "local-servicenow-webhook-secret-0123456789abcdef"  # the sample settings' dev value
-EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
-RESPONDERS = POLICY.roster.group_id
 
 
 @pytest.fixture(scope="module")
@@ -62,58 +60,13 @@ def _fresh_world(sims: SimulatorProcess) -> None:
     sims.reset()
 
 
-def seed_world(sims: SimulatorProcess, *, on_call: bool = True, eligible: bool = True, active: bool = False,
-               incident_state: str = "2") -> dict[str, Any]:  # fmt: skip
-    """A responder (Alex) and an opener (Sam), the responder group, PIM state and a P1 incident."""
-    tag = uuid.uuid4().hex[:6]
-    alex = sims.seed("graph/users", {"userPrincipalName": f"alex.{tag}@contoso.test"})
-    sims.seed("graph/users", {"userPrincipalName": f"sam.{tag}@contoso.test"})
-    sims.seed("graph/groups", {"id": RESPONDERS, "displayName": "On-call responders",
-                               "members": [alex["id"]] if on_call else []})  # fmt: skip
-    if eligible:
-        sims.seed("graph/eligibility", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE})
-    if active:
-        sims.seed("graph/assignments", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE,
-                                        "assignmentType": "Activated"})  # fmt: skip
-    # A number of its own: the app's request index (in Azurite) outlives the simulators' reset.
-    number = f"INC{uuid.uuid4().int % 10**7:07d}"
-    incident = sims.seed("servicenow/incidents", {"number": number, "short_description": "Mail flow down",
-                                                  "priority": "1", "state": incident_state})  # fmt: skip
-    return {"alex": alex, "tag": tag, "incident": incident}
-
-
-def servicenow_payload(world: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    incident = world["incident"]
-    tag = world["tag"]
-    payload: dict[str, Any] = {
-        "event": "created", "sys_id": incident["sys_id"], "number": incident["number"], "priority": "1",
-        "state": "2", "short_description": "Mail flow down",
-        "opened_by": {"user_name": f"sam.{tag}", "email": f"sam.{tag}@contoso.test"},
-        "assigned_to": {"user_name": f"alex.{tag}", "email": f"alex.{tag}@contoso.test"},
-        "assignment_group": "Messaging",
-        "incident": {"number": incident["number"], "state": "2", "major_incident_state": "accepted"},
-        "access": {"type": "privileged", "role": "Exchange Administrator", "duration": "PT1H",
-                   "justification": "restore mail flow"},
-        "delivery_id": f"{incident['sys_id']}:{uuid.uuid4().hex}",
-    }  # fmt: skip
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            payload[section][field] = value
-        elif value is None:
-            payload.pop(section)
-        else:
-            payload[section] = value
-    return payload
+def seed_world(sims: SimulatorProcess, **options: Any) -> dict[str, Any]:
+    return seed_responder_world(sims, POLICY, **options)
 
 
 def send(sims: SimulatorProcess, host: DevhostProcess, payload: dict[str, Any] | None = None,
          **options: Any) -> dict[str, Any]:  # fmt: skip
-    spec: dict[str, Any] = {"url": f"{host.url}/api/itsm/servicenow", "secret": SECRET, **options}
-    if payload is not None:
-        spec["payload"] = payload
-    answer: dict[str, Any] = sims.control("POST", "servicenow/send", json=spec)
-    return answer
+    return send_servicenow(sims, host.url, SECRET, payload, **options)
 
 
 def wait_for_state(

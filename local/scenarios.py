@@ -1,0 +1,74 @@
+"""Scenario worlds for the demo and the end-to-end tests: who the responder is, what PIM and the ITSM
+hold, and the webhook deliveries that start requests (one place, so the demo shows what the tests prove)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from local.simulators.process import SimulatorProcess
+from shared.policy import Policy
+
+EXCHANGE_ADMINISTRATOR = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+
+
+def seed_responder_world(sims: SimulatorProcess, policy: Policy, *, on_call: bool = True, eligible: bool = True,  # noqa: E501
+                         active: bool = False, incident_state: str = "2") -> dict[str, Any]:  # fmt: skip
+    """A responder (Alex) and an opener (Sam), the on-call responder group, Alex's PIM state for Exchange
+    Administrator, and a P1 ServiceNow incident with a number of its own."""
+    tag = uuid.uuid4().hex[:6]
+    alex = sims.seed("graph/users", {"userPrincipalName": f"alex.{tag}@contoso.test", "displayName": "Alex"})
+    sims.seed("graph/users", {"userPrincipalName": f"sam.{tag}@contoso.test", "displayName": "Sam"})
+    if policy.roster.provider == "entra_group" and policy.roster.group_id:
+        sims.seed("graph/groups", {"id": policy.roster.group_id, "displayName": "On-call responders",
+                                   "members": [alex["id"]] if on_call else []})  # fmt: skip
+    if eligible:
+        sims.seed(
+            "graph/eligibility", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE_ADMINISTRATOR}
+        )
+    if active:
+        sims.seed("graph/assignments", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE_ADMINISTRATOR,
+                                        "assignmentType": "Activated"})  # fmt: skip
+    # A number of its own: the app's request index (in Table Storage) outlives a simulator reset.
+    number = f"INC{uuid.uuid4().int % 10**7:07d}"
+    incident = sims.seed("servicenow/incidents", {"number": number, "short_description": "Mail flow down",
+                                                  "priority": "1", "state": incident_state})  # fmt: skip
+    return {"alex": alex, "tag": tag, "incident": incident}
+
+
+def servicenow_payload(world: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The canonical payload our ServiceNow outbound script sends (design.md §4) for the world's incident.
+
+    ``changes``: ``priority="2"`` replaces a field, ``access__role="..."`` a nested one, ``incident=None``
+    removes one."""
+    incident, tag = world["incident"], world["tag"]
+    payload: dict[str, Any] = {
+        "event": "created", "sys_id": incident["sys_id"], "number": incident["number"], "priority": "1",
+        "state": "2", "short_description": "Mail flow down",
+        "opened_by": {"user_name": f"sam.{tag}", "email": f"sam.{tag}@contoso.test"},
+        "assigned_to": {"user_name": f"alex.{tag}", "email": f"alex.{tag}@contoso.test"},
+        "assignment_group": "Messaging",
+        "incident": {"number": incident["number"], "state": "2", "major_incident_state": "accepted"},
+        "access": {"type": "privileged", "role": "Exchange Administrator", "duration": "PT1H",
+                   "justification": "restore mail flow"},
+        "delivery_id": f"{incident['sys_id']}:{uuid.uuid4().hex}",
+    }  # fmt: skip
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            payload[section][field] = value
+        elif value is None:
+            payload.pop(section)
+        else:
+            payload[section] = value
+    return payload
+
+
+def send_servicenow(sims: SimulatorProcess, app_url: str, secret: str, payload: dict[str, Any] | None = None,
+                    **options: Any) -> dict[str, Any]:  # fmt: skip
+    """Deliver through the simulator's sender, signed as the outbound script signs; the app's answer."""
+    spec: dict[str, Any] = {"url": f"{app_url}/api/itsm/servicenow", "secret": secret, **options}
+    if payload is not None:
+        spec["payload"] = payload
+    answer: dict[str, Any] = sims.control("POST", "servicenow/send", json=spec)
+    return answer
