@@ -59,10 +59,11 @@ def record_audit(payload: dict[str, Any]) -> dict[str, Any]:
 async def update_ticket(payload: dict[str, Any]) -> dict[str, Any]:
     tickets = ticket_system(payload["system"])
     ref = TicketRef(payload["system"], payload["ticket"], payload["ticketId"])
-    calls = [await tickets.add_note(ref, payload["note"])]
-    if payload.get("state"):
-        calls.append(await tickets.set_state(ref, payload["state"]))
-    return {"calls": [str(call) for call in calls]}
+    if payload.get("note"):
+        call = await tickets.add_note(ref, payload["note"])
+    else:
+        call = await tickets.set_state(ref, payload["state"])
+    return {"call": str(call)}
 
 
 @bp.activity_trigger(input_name="payload", activity=VALIDATE_RESPONDER)

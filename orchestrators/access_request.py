@@ -11,6 +11,7 @@ same row; no I/O here, everything through activities.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from typing import Any
 
@@ -72,25 +73,25 @@ class RequestFlow:
             "graph": graph,
             "workflow_version": WORKFLOW_VERSION,
         }
-        seq = self.seq
-        self.seq += 1
         yield self.context.call_activity_with_retry(
-            RECORD_AUDIT, _RETRY, {"chain": self.request_id, "seq": seq, "entry": entry}
+            RECORD_AUDIT, _RETRY, {"chain": self.request_id, "seq": self.seq, "entry": entry}
         )
+        # Only once written: when the write failed for good, the next record reuses the position.
+        self.seq += 1
 
     def ticket(self, note: str, state_key: str | None = None) -> Steps:
-        request = self.request
+        # The note and the state are separate activities, so that retrying a failed state change does
+        # not post the note again.
+        ref = {
+            "system": self.request.system,
+            "ticket": self.request.ticket,
+            "ticketId": self.request.ticket_id,
+        }
         yield self.context.call_activity_with_retry(
-            UPDATE_TICKET,
-            _RETRY,
-            {
-                "system": request.system,
-                "ticket": request.ticket,
-                "ticketId": request.ticket_id,
-                "note": f"[Emergency access {self.request_id}] {note}",
-                "state": state_key,
-            },
+            UPDATE_TICKET, _RETRY, {**ref, "note": f"[Emergency access {self.request_id}] {note}"}
         )
+        if state_key:
+            yield self.context.call_activity_with_retry(UPDATE_TICKET, _RETRY, {**ref, "state": state_key})
 
     def set_state(self, state: str, reason: str = "") -> Steps:
         self.context.set_custom_status({"state": state, "checks": self.checks, "reason": reason or None})
@@ -148,6 +149,8 @@ def access_request(context: df.DurableOrchestrationContext) -> Steps:
         # diagnostics comes with the escalation stage.
         reason = f"the request stopped: {str(error).splitlines()[0][:500]}"
         yield from flow.set_state("failed", reason)
+        with contextlib.suppress(Exception):  # best effort: the ticket may be what failed
+            yield from flow.ticket(f"The emergency access request stopped and needs IAM: {reason}")
         return {"requestId": flow.request_id, "state": "failed", "reason": reason}
 
 

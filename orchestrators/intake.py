@@ -21,7 +21,7 @@ import azure.functions as func
 from orchestrators.access_request import ACCESS_REQUEST_ORCHESTRATOR
 from shared.audit import AuditEntry, security_chain
 from shared.configuration import load_configuration
-from shared.intake import PayloadError, instance_id, parse, ticket_key, trigger_decision
+from shared.intake import PayloadError, instance_id, parse, request_digest, ticket_key, trigger_decision
 from shared.models import AccessRequest
 from shared.policy import UnknownRoleError
 from shared.request_index import IndexedRequest
@@ -85,6 +85,9 @@ async def itsm_webhook(req: func.HttpRequest, client: df.DurableOrchestrationCli
     except PayloadError as error:
         await _security_row(now, "intake.payload_rejected", "rejected", {**evidence, "reason": str(error)})
         return _json(400, {"error": str(error)})
+    except UnsupportedSystemError as error:
+        await _security_row(now, "intake.unsupported_system", "rejected", {**evidence, "reason": str(error)})
+        return _json(501, {"error": str(error)})
 
     key = ticket_key(request.system, request.ticket)
     if request.event == "resolved":
@@ -98,7 +101,7 @@ async def itsm_webhook(req: func.HttpRequest, client: df.DurableOrchestrationCli
             {**evidence, "ticket": request.ticket, "reason": decision.reason},
         )
         return _json(200, {"status": "ignored", "reason": decision.reason})
-    return await _start_or_find(req, client, request, key, now)
+    return await _start_or_find(req, client, request, key, now, evidence["bodySha256"])
 
 
 async def _start_or_find(
@@ -107,34 +110,53 @@ async def _start_or_find(
     request: AccessRequest,
     key: str,
     now: datetime,
+    body_sha256: str,
 ) -> func.HttpResponse:
     template = _role_key(request.role)
+    digest = request_digest(request)
     index = request_index()
     for_role = [r for r in await asyncio.to_thread(index.requests_for, key) if r.role_template_id == template]
     for existing in reversed(for_role):
         status = await client.get_status(existing.request_id)
         if status.runtime_status in _RUNNING:
             # A new delivery for a running request changes nothing but the record (design.md §2).
-            return _json(
-                200,
-                {
-                    "requestId": existing.request_id,
-                    "status": "running",
-                    "statusUrl": _status_url(req, existing.request_id),
-                },
-            )
+            return _found(req, existing.request_id, "running")
+    latest = for_role[-1] if for_role else None
+    if latest is not None and latest.digest == digest:
+        # The ticket changed but not what it asks (e.g. the app's own notes): no new request, no loop.
+        return _found(req, latest.request_id, "unchanged")
     generation = max((r.generation for r in for_role), default=0) + 1
     request_id = instance_id(request.system, request.ticket, template, generation)
-    earlier = await asyncio.to_thread(
-        deliveries().claim, key, request.delivery_id, "started", request_id, now
+    # One delivery, one outcome: by the ITSM's delivery id and by the signed body itself (a replayed
+    # body with a new, unsigned delivery header is still the same delivery).
+    claims = deliveries()
+    for delivery in (request.delivery_id, f"body:{body_sha256}"):
+        earlier = await asyncio.to_thread(claims.claim, key, delivery, "started", request_id, now)
+        if earlier is not None:
+            return await _duplicate(req, client, request, earlier)
+    added = await asyncio.to_thread(
+        index.add, key, IndexedRequest(request_id, template, generation, now, digest)
     )
-    if earlier is not None:
-        return await _duplicate(req, client, request, earlier)
-    await asyncio.to_thread(index.add, key, IndexedRequest(request_id, template, generation, now))
-    await client.start_new(
-        ACCESS_REQUEST_ORCHESTRATOR, request_id, {"requestId": request_id, "request": request.to_dict()}
-    )
+    if not added:
+        return _found(req, request_id, "running")  # a concurrent delivery took this generation and starts it
+    await _start(client, request_id, request)
     return _json(202, {"requestId": request_id, "statusUrl": _status_url(req, request_id)})
+
+
+def _found(req: func.HttpRequest, request_id: str, status: str) -> func.HttpResponse:
+    return _json(200, {"requestId": request_id, "status": status, "statusUrl": _status_url(req, request_id)})
+
+
+async def _start(client: df.DurableOrchestrationClient, request_id: str, request: AccessRequest) -> None:
+    try:
+        await client.start_new(
+            ACCESS_REQUEST_ORCHESTRATOR, request_id, {"requestId": request_id, "request": request.to_dict()}
+        )
+    except Exception:
+        # Starting an id that is already Pending/Running fails: another delivery started it first.
+        status = await client.get_status(request_id)
+        if status.runtime_status is None:
+            raise
 
 
 async def _duplicate(
@@ -143,14 +165,15 @@ async def _duplicate(
     if not request_id:
         return _json(200, {"status": "duplicate", "reason": "this delivery was already handled"})
     status = await client.get_status(request_id)
-    if status.runtime_status is None:
-        # The first delivery claimed the id but did not start it (e.g. the host stopped): start it now.
-        await client.start_new(
-            ACCESS_REQUEST_ORCHESTRATOR, request_id, {"requestId": request_id, "request": request.to_dict()}
+    if status.runtime_status is None and request_id in {
+        r.request_id
+        for r in await asyncio.to_thread(
+            request_index().requests_for, ticket_key(request.system, request.ticket)
         )
-    return _json(
-        200, {"requestId": request_id, "status": "duplicate", "statusUrl": _status_url(req, request_id)}
-    )
+    }:
+        # The first delivery indexed the request but did not start it (e.g. the host stopped): start it now.
+        await _start(client, request_id, request)
+    return _found(req, request_id, "duplicate")
 
 
 async def _resolution(

@@ -42,8 +42,10 @@ from shared.audit import GraphCall
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 # Statuses of a schedule request that mean "not decided yet" (facts.md: unknown values count as pending).
-_TERMINAL_REQUEST_STATUSES = frozenset({"Provisioned", "Denied", "Failed", "Canceled", "Revoked", "Granted"})
-_IDENTIFIER = re.compile(r"^[^@\s']+@[^@\s']+\.[^@\s']+$")
+# (Granted is not final: the request can still be canceled and is not provisioned yet.)
+_TERMINAL_REQUEST_STATUSES = frozenset({"Provisioned", "Denied", "Failed", "Canceled", "Revoked"})
+# An apostrophe is legal in a UPN or mail (o'brien@...): _quoted escapes it for OData.
+_IDENTIFIER = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 T = TypeVar("T")

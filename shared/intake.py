@@ -35,6 +35,7 @@ __all__ = [
     "parse",
     "parse_jira",
     "parse_servicenow",
+    "request_digest",
     "ticket_key",
     "trigger_decision",
 ]
@@ -602,6 +603,22 @@ def trigger_decision(request: AccessRequest, policy: Policy) -> TriggerDecision:
 _SAFE_TICKET_RE = re.compile(r"[A-Za-z0-9_-]{1,40}", re.ASCII)
 _UNSAFE_RUN_RE = re.compile(r"[^A-Za-z0-9_-]+", re.ASCII)
 _GUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+
+
+def request_digest(request: AccessRequest) -> str:
+    """What a delivery asks for: who, which role, how long, why, for which incident. Two deliveries with
+    the same digest ask the same thing, whatever else changed on the ticket (notes, states)."""
+    asked = {
+        "role": request.role.strip().casefold(),
+        "assignee": request.assignee.to_dict() if request.assignee else None,
+        "accessType": request.access_type.strip().casefold(),
+        "duration": format_duration(request.duration),
+        "justification": request.justification,
+        "incident": request.incident.number if request.incident else None,
+        "priority": request.priority,
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def ticket_key(system: str, ticket: str) -> str:

@@ -29,6 +29,9 @@ class IndexedRequest:
     role_template_id: str
     generation: int
     created_at: datetime
+    # What the request asked (shared.intake.request_digest): an update that asks the same thing after
+    # the request ended starts nothing, so the app's own ticket notes cannot loop into new requests.
+    digest: str = ""
 
 
 class RequestIndex:
@@ -43,6 +46,7 @@ class RequestIndex:
                 str(r["RoleTemplateId"]),
                 int(r["Generation"]),
                 datetime.fromisoformat(str(r["CreatedAt"])),
+                str(r.get("Digest", "")),
             )
             for r in rows
         ]
@@ -58,6 +62,7 @@ class RequestIndex:
                     "RoleTemplateId": entry.role_template_id,
                     "Generation": entry.generation,
                     "CreatedAt": entry.created_at.astimezone(UTC).isoformat(),
+                    "Digest": entry.digest,
                 }
             )
         except ResourceExistsError:

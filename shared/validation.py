@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from shared.audit import GraphCall
-from shared.directory import DirectoryUser, RoleSchedule, Traced
+from shared.directory import DirectoryError, DirectoryUser, RoleSchedule, Traced
+from shared.durations import format_duration
 from shared.models import AccessRequest, LinkedIncident, Person
 from shared.policy import Policy, UnknownRoleError
 
@@ -105,7 +106,15 @@ async def check_responder(request: AccessRequest, directory: Directory, roster: 
     calls: list[GraphCall] = []
     user: DirectoryUser | None = None
     for identifier in identifiers:
-        found = await directory.find_user(identifier)
+        try:
+            found = await directory.find_user(identifier)
+        except ValueError as error:  # not an address Graph can be asked about: no retry will help
+            return _result(RESPONDER, False, f"the assignee cannot be looked up: {error}", {}, calls)
+        except DirectoryError as error:
+            if error.code != "AmbiguousUser":
+                raise  # Graph itself failed: the orchestrator's retry policy decides
+            return _result(RESPONDER, False, f"{error}: fix the directory so that one account matches",
+                           {"lookedUp": identifier}, [*calls, error.call])  # fmt: skip
         calls.append(found.call)
         if found.value is not None:
             user = found.value
@@ -120,7 +129,11 @@ async def check_responder(request: AccessRequest, directory: Directory, roster: 
         return _result(
             RESPONDER, False, f"the Entra account {user.user_principal_name} is disabled", evidence, calls
         )
-    answer = await roster.is_on_call(assignee, user.id)
+    # The roster is asked about the Entra identity the role would go to, not the ITSM's profile fields
+    # (which a user may be able to edit), so that "on call" and "gets the role" are the same person.
+    answer = await roster.is_on_call(
+        Person(user.user_principal_name, user.mail or user.user_principal_name), user.id
+    )
     evidence["onCall"] = dict(answer.evidence)
     upn = user.user_principal_name
     if not answer.on_call:
@@ -133,6 +146,12 @@ def check_role(request: AccessRequest, policy: Policy) -> CheckResult:
         role = policy.role(request.role)
     except UnknownRoleError as error:
         return _result(ROLE, False, str(error), {"requested": request.role})
+    if request.duration > role.max_duration:
+        reason = (f"{format_duration(request.duration)} is longer than {role.name} allows "
+                  f"({format_duration(role.max_duration)}): ask for a shorter duration")  # fmt: skip
+        return _result(
+            ROLE, False, reason, {"role": role.name, "requested": format_duration(request.duration)}
+        )
     reason = f"{role.name} may be requested ({role.tier} tier, {role.approval.replace('_', ' ')} approval)"
     return _result(
         ROLE,
@@ -166,8 +185,14 @@ async def check_eligibility(
     user_id: str, role_name: str, role_template_id: str, directory: Directory
 ) -> CheckResult:
     found = await directory.role_eligibilities(user_id, role_template_id)
-    evidence = {"eligibilities": [schedule.id for schedule in found.value]}
-    if not found.value:
+    # Only a tenant-wide eligibility ("/") can become the tenant-wide assignment this app makes; one
+    # scoped to an administrative unit would fail at activation.
+    tenant_wide = [s for s in found.value if s.directory_scope_id == "/"]
+    evidence = {
+        "eligibilities": [s.id for s in tenant_wide],
+        "scoped": [s.id for s in found.value if s not in tenant_wide],
+    }
+    if not tenant_wide:
         reason = f"the responder is not eligible for {role_name} in PIM: ask IAM for an eligible assignment"
         return _result(ELIGIBILITY, False, reason, evidence, [found.call])
     return _result(ELIGIBILITY, True, f"eligible for {role_name} in PIM", evidence, [found.call])

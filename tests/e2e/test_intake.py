@@ -16,7 +16,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from local.azurite import Azurite
-from local.scenarios import seed_responder_world, send_servicenow, servicenow_payload
+from local.scenarios import EXCHANGE_ADMINISTRATOR, seed_responder_world, send_servicenow, servicenow_payload
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from local.stack import DevhostProcess
@@ -290,11 +290,47 @@ def test_a_re_request_after_the_request_ended_is_a_new_request(
     world = seed_world(sims, eligible=False)
     first = send(sims, host, servicenow_payload(world))
     wait_for_state(host, first["body"]["requestId"], ("rejected",))
-    second = send(sims, host, servicenow_payload(world))  # a new delivery for the same ticket and role
+    # The requester asks again, with a changed request (IAM has added the eligibility meanwhile).
+    sims.seed(
+        "graph/eligibility", {"principalId": world["alex"]["id"], "roleDefinitionId": EXCHANGE_ADMINISTRATOR}
+    )
+    second = send(
+        sims, host, servicenow_payload(world, access__justification="restore mail flow (eligible now)")
+    )
     assert second["status"] == 202
     assert first["body"]["requestId"].endswith("-g1")
     assert second["body"]["requestId"] == first["body"]["requestId"][:-1] + "2"
-    assert wait_for_state(host, second["body"]["requestId"], ("rejected",))["state"] == "rejected"
+    assert (
+        wait_for_state(host, second["body"]["requestId"], ("validated", "rejected"))["state"] == "validated"
+    )
+
+
+def test_updates_that_ask_the_same_after_the_request_ended_start_nothing(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    """The app's own notes make the ITSM send updates: they must not loop into new requests."""
+    world = seed_world(sims, eligible=False)
+    first = send(sims, host, servicenow_payload(world))
+    wait_for_state(host, first["body"]["requestId"], ("rejected",))
+    started = instances(host)
+    for _ in range(3):
+        update = send(sims, host, servicenow_payload(world, event="updated", state="3"))
+        assert update["status"] == 200
+        assert update["body"]["status"] == "unchanged"
+        assert update["body"]["requestId"] == first["body"]["requestId"]
+    assert instances(host) == started
+
+
+def test_a_replayed_body_with_a_new_delivery_header_starts_nothing(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    payload = servicenow_payload(world)
+    first = send(sims, host, payload)
+    wait_for_state(host, first["body"]["requestId"], ("validated",))
+    replay = send(sims, host, {**payload, "delivery_id": "a-new-delivery-id"})
+    assert replay["status"] == 200
+    assert replay["body"]["requestId"] == first["body"]["requestId"]
 
 
 def test_a_new_delivery_while_the_request_runs_returns_that_request(

@@ -121,3 +121,17 @@ def test_a_graph_error_carries_its_code_status_and_ids(sim: SimulatorProcess) ->
     assert error.call.status == 403 and not error.transient
     assert error.call.request_id and error.call.client_request_id
     assert "Authorization_RequestDenied" in str(error)
+
+
+def test_an_apostrophe_in_an_address_is_escaped_not_refused(sim: SimulatorProcess) -> None:
+    sim.seed("graph/users", {"userPrincipalName": "o'brien@contoso.test"})
+    assert run(sim, lambda d: d.find_user("o'brien@contoso.test")).value is not None
+
+
+def test_a_granted_request_is_still_pending(sim: SimulatorProcess) -> None:
+    alex = seed_alex(sim)
+    sim.seed(
+        "graph/requests", {"principalId": alex["id"], "roleDefinitionId": EXCHANGE_ADMIN, "status": "Granted"}
+    )
+    pending = run(sim, lambda d: d.pending_requests(alex["id"], EXCHANGE_ADMIN))
+    assert [p.kind for p in pending.value] == ["Granted"]

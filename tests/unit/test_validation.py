@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.audit import GraphCall
-from shared.directory import DirectoryUser, RoleSchedule, Traced
+from shared.directory import DirectoryError, DirectoryUser, RoleSchedule, Traced
 from shared.models import AccessRequest, LinkedIncident, Person
 from shared.policy import load_policy
 from shared.validation import (
@@ -182,3 +182,45 @@ def test_an_active_or_pending_assignment_is_a_duplicate() -> None:
 def test_results_cross_the_activity_boundary_as_json() -> None:
     result = run(check_responder(REQUEST, FakeDirectory(users={"alex@contoso.test": alex()}), FakeRoster()))
     assert CheckResult.from_json(result.to_json()) == result
+
+
+def test_a_duration_over_the_roles_maximum_is_refused() -> None:
+    too_long = check_role(replace(REQUEST, role="Global Administrator", duration=timedelta(hours=2)), POLICY)
+    assert not too_long.passed
+    assert "PT2H is longer than Global Administrator allows (PT1H)" in too_long.reason
+
+
+def test_only_a_tenant_wide_eligibility_counts() -> None:
+    scoped = RoleSchedule("s-2", ALEX_ID, EXCHANGE, "/administrativeUnits/au-1", "Direct", None, None)
+    result = run(
+        check_eligibility(ALEX_ID, "Exchange Administrator", EXCHANGE, FakeDirectory(eligible=[scoped]))
+    )
+    assert not result.passed
+    assert result.evidence["scoped"] == ["s-2"]
+
+
+def test_an_address_that_matches_two_accounts_is_a_rejection_not_a_retry() -> None:
+    class Ambiguous(FakeDirectory):
+        async def find_user(self, identifier: str) -> Traced[DirectoryUser | None]:
+            raise DirectoryError(
+                "'alex@contoso.test' matches 2 users; refusing to guess", "AmbiguousUser", CALL
+            )
+
+    result = run(check_responder(REQUEST, Ambiguous(), FakeRoster()))
+    assert not result.passed
+    assert "matches 2 users" in result.reason
+
+
+def test_the_roster_is_asked_about_the_entra_identity() -> None:
+    asked: list[Person] = []
+
+    @dataclass
+    class Recording(FakeRoster):
+        async def is_on_call(self, person: Person, directory_user_id: str | None) -> Answer:
+            asked.append(person)
+            return await super().is_on_call(person, directory_user_id)
+
+    directory = FakeDirectory(users={"alex@contoso.test": alex()})
+    request = replace(REQUEST, assignee=Person("someone-else", "alex@contoso.test"))
+    assert run(check_responder(request, directory, Recording())).passed
+    assert asked == [Person("alex@contoso.test", "alex@contoso.test")]
