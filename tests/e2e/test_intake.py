@@ -375,3 +375,18 @@ def test_a_ticket_that_cannot_be_updated_ends_the_request_failed_with_the_reason
     reason = body["timeline"][-1]["detail"]["reason"]
     assert "update_ticket" in reason and "503" in reason
     assert body["auditVerified"] is True
+
+
+def test_a_resolution_is_raised_to_the_tickets_running_request(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    world = seed_world(sims)
+    # Slow Graph down so that the request is still validating when the resolution arrives.
+    sims.control(
+        "POST", "faults", json={"service": "graph", "path_contains": "/users", "latency_ms": 3000, "count": 1}
+    )
+    first = send(sims, host, servicenow_payload(world))
+    resolved = send(sims, host, servicenow_payload(world, event="resolved"))
+    assert resolved["status"] == 200, resolved
+    assert resolved["body"] == {"status": "resolution", "requestIds": [first["body"]["requestId"]]}
+    wait_for_state(host, first["body"]["requestId"], ("validated", "rejected"))
