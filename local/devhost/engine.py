@@ -38,7 +38,7 @@ from . import history as h
 from . import logs
 from .catalog import Catalog, FunctionSpec, invoke
 from .config import HostConfig
-from .store import Instance, InstanceStore, PayloadTooLargeError
+from .store import Instance, PayloadTooLargeError, Store
 
 # The replay schema the engine asks for: 1 = one cumulative action list with WhenAny/WhenAll
 # compound actions (facts.md: "1 and above").
@@ -77,7 +77,7 @@ class _Effects:
 
 class Engine:
     def __init__(
-        self, store: InstanceStore, catalog: Catalog, config: HostConfig, activity_concurrency: int = 16
+        self, store: Store, catalog: Catalog, config: HostConfig, activity_concurrency: int = 16
     ) -> None:
         self._store = store
         self._catalog = catalog

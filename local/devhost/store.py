@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient as TableServiceClient_sync
@@ -99,6 +100,38 @@ class Instance:
         if show_history:
             body["historyEvents"] = self.history
         return body
+
+
+class Store(Protocol):
+    """What the engine needs from persistence (Table Storage here; memory for in-process replay tests)."""
+
+    async def save(self, instance: Instance, history_from: int) -> None: ...
+
+    async def load(self, instance_id: str) -> Instance | None: ...
+
+    async def list(self) -> list[Instance]: ...
+
+    async def delete(self, instance_id: str) -> None: ...
+
+
+class MemoryStore:
+    """Instances kept in this process only: for tests that replay an orchestration in-process."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Instance] = {}
+
+    async def save(self, instance: Instance, history_from: int) -> None:
+        self._rows[instance.instance_id] = copy.deepcopy(instance)
+
+    async def load(self, instance_id: str) -> Instance | None:
+        stored = self._rows.get(instance_id)
+        return copy.deepcopy(stored) if stored is not None else None
+
+    async def list(self) -> list[Instance]:
+        return [copy.deepcopy(i) for i in self._rows.values()]
+
+    async def delete(self, instance_id: str) -> None:
+        self._rows.pop(instance_id, None)
 
 
 class InstanceStore:

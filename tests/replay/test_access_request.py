@@ -1,0 +1,143 @@
+"""The access-request orchestration replayed in-process through the SDK's real replay handle (the
+devhost engine with an in-memory store), with scripted activities: every branch, deterministically."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import azure.durable_functions as df
+import pytest
+
+from activities import access_request as activities
+from local.devhost.replay import Replay, replay
+from orchestrators import access_request
+from shared.models import AccessRequest, LinkedIncident, Person
+from shared.validation import CheckResult
+
+EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+ALEX_ID = "11111111-0000-4000-8000-000000000001"
+REQUEST = AccessRequest(
+    system="servicenow", event="created", ticket="INC0012345", ticket_id="a" * 32, priority="P1",
+    itsm_priority="1", state="2", short_description="Mail flow down",
+    opener=Person("sam", "sam@contoso.test"), assignee=Person("alex", "alex@contoso.test"),
+    assignment_group="Messaging", incident=LinkedIncident("INC0012345", "2", True, True),
+    access_type="privileged", role="Exchange Administrator", duration=timedelta(hours=1),
+    justification="restore mail flow", delivery_id="d-1",
+)  # fmt: skip
+START = {"requestId": "servicenow-INC0012345-29232cdf-g1", "request": REQUEST.to_dict()}
+
+app = df.DFApp()
+app.register_functions(access_request.bp)
+app.register_functions(activities.bp)
+
+
+def passed(check: str, **evidence: Any) -> Any:
+    return lambda payload: CheckResult(check, True, f"{check} ok", evidence).to_json()
+
+
+def failed(check: str, reason: str) -> Any:
+    return lambda payload: CheckResult(check, False, reason, {}).to_json()
+
+
+def script(**overrides: Any) -> dict[str, Any]:
+    chain = {
+        activities.RECORD_AUDIT: lambda payload: {"seq": payload["seq"], "hash": "h"},
+        activities.UPDATE_TICKET: lambda payload: {"call": "ok"},
+        activities.VALIDATE_RESPONDER: passed("responder", userId=ALEX_ID, upn="alex@contoso.test"),
+        activities.VALIDATE_ROLE: passed("role", role="Exchange Administrator", templateId=EXCHANGE),
+        activities.VALIDATE_INCIDENT: passed("incident"),
+        activities.VALIDATE_ELIGIBILITY: passed("eligibility"),
+        activities.VALIDATE_DUPLICATES: passed("duplicates"),
+    }
+    chain.update(overrides)
+    return chain
+
+
+def run(activities_script: dict[str, Any]) -> Replay:
+    return asyncio.run(replay(app, access_request.ACCESS_REQUEST_ORCHESTRATOR, START, activities_script))
+
+
+def audit_kinds(result: Replay) -> list[str]:
+    return [payload["entry"]["kind"] for payload in result.inputs(activities.RECORD_AUDIT)]
+
+
+def notes(result: Replay) -> list[str]:
+    return [p["note"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("note")]
+
+
+def test_all_checks_pass_the_request_is_validated_with_contiguous_audit_rows() -> None:
+    result = run(script())
+    assert result.instance.status == "Completed"
+    assert result.output == {"requestId": START["requestId"], "state": "validated"}
+    seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
+    assert seqs == list(range(len(seqs)))
+    assert audit_kinds(result) == [
+        "intake.accepted", "request.state", "validation.responder", "validation.role", "validation.incident",
+        "validation.eligibility", "validation.duplicates", "request.state",
+    ]  # fmt: skip
+    assert all(p["entry"]["workflow_version"] == access_request.WORKFLOW_VERSION
+               for p in result.inputs(activities.RECORD_AUDIT))  # fmt: skip
+    states = [p["state"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("state")]
+    assert states == ["pending_approval"]
+    assert len(notes(result)) == 6
+
+
+def test_later_checks_get_the_responder_and_the_role_from_earlier_ones() -> None:
+    result = run(script())
+    eligibility = result.inputs(activities.VALIDATE_ELIGIBILITY)[0]
+    assert (eligibility["userId"], eligibility["role"], eligibility["templateId"]) == (
+        ALEX_ID, "Exchange Administrator", EXCHANGE,
+    )  # fmt: skip
+
+
+def test_the_first_failed_check_rejects_and_no_later_check_runs() -> None:
+    result = run(
+        script(**{activities.VALIDATE_RESPONDER: failed("responder", "alex is not on call: off shift")})
+    )
+    assert result.output["state"] == "rejected"
+    assert "responder check failed: alex is not on call" in result.output["reason"]
+    assert result.inputs(activities.VALIDATE_ROLE) == []
+    assert [p["state"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("state")] == ["rejected"]
+    assert any("Access rejected" in note for note in notes(result))
+    assert audit_kinds(result)[-1] == "request.state"
+    assert result.inputs(activities.RECORD_AUDIT)[-1]["entry"]["detail"]["state"] == "rejected"
+
+
+def test_a_transient_ticket_failure_is_retried_without_posting_the_note_twice() -> None:
+    attempts: Counter[str] = Counter()
+
+    def flaky_state(payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("state"):
+            attempts["state"] += 1
+            if attempts["state"] == 1:
+                raise RuntimeError("ServiceNow answered 503")
+        return {"call": "ok"}
+
+    result = run(script(**{activities.UPDATE_TICKET: flaky_state}))
+    assert result.output["state"] == "validated"
+    assert attempts["state"] == 2
+    assert len(notes(result)) == len(set(notes(result))) == 6
+
+
+def test_an_activity_that_keeps_failing_ends_the_request_failed_at_the_next_audit_row() -> None:
+    def graph_down(payload: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("Graph answered 503 three times")
+
+    result = run(script(**{activities.VALIDATE_INCIDENT: graph_down}))
+    assert result.output["state"] == "failed"
+    assert "Graph answered 503" in result.output["reason"]
+    assert len(result.inputs(activities.VALIDATE_INCIDENT)) == 3  # the retry policy's attempts
+    seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
+    assert seqs == list(range(len(seqs)))  # no gap, no reuse
+    assert any("needs IAM" in note for note in notes(result))
+
+
+@pytest.mark.parametrize("check", ["role", "incident", "eligibility", "duplicates"])
+def test_each_check_can_reject(check: str) -> None:
+    name = f"validate_{check}"
+    result = run(script(**{name: failed(check, f"{check} says no")}))
+    assert result.output == {"requestId": START["requestId"], "state": "rejected",
+                             "reason": f"{check} check failed: {check} says no"}  # fmt: skip
