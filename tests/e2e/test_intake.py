@@ -60,13 +60,32 @@ def _fresh_world(sims: SimulatorProcess) -> None:
     sims.reset()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _every_chain_verifies(azurite: Azurite) -> Iterator[None]:
+    """After the module: the chain of every request these tests started, and the day's security chain
+    their rejections wrote, verify."""
+    yield
+    chains = {*STARTED, security_chain(datetime.now(UTC))}
+    with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
+        broken = [result for result in (ledger.verify(chain) for chain in sorted(chains)) if not result.ok]
+    assert len(STARTED) > 10, "the tests started fewer requests than expected"
+    assert broken == []
+
+
 def seed_world(sims: SimulatorProcess, **options: Any) -> dict[str, Any]:
     return seed_responder_world(sims, POLICY, **options)
 
 
+STARTED: set[str] = set()  # request ids these tests started (their chains are verified at the end)
+
+
 def send(sims: SimulatorProcess, host: DevhostProcess, payload: dict[str, Any] | None = None,
          **options: Any) -> dict[str, Any]:  # fmt: skip
-    return send_servicenow(sims, host.url, SECRET, payload, **options)
+    answer = send_servicenow(sims, host.url, SECRET, payload, **options)
+    if answer["status"] == 202:
+        STARTED.add(answer["body"]["requestId"])
+    return answer
 
 
 def wait_for_state(
@@ -219,6 +238,7 @@ def test_a_duplicate_delivery_while_running_and_after_completion_starts_nothing_
     world = seed_world(sims)
     payload = servicenow_payload(world)
     first = send(sims, host, payload)
+    started = instances(host)
     again = send(sims, host, payload)
     assert again["status"] == 200
     assert again["body"]["requestId"] == first["body"]["requestId"]
@@ -226,6 +246,7 @@ def test_a_duplicate_delivery_while_running_and_after_completion_starts_nothing_
     after = send(sims, host, payload)
     assert after["status"] == 200
     assert after["body"]["requestId"] == first["body"]["requestId"]
+    assert instances(host) == started
 
 
 JIRA_SECRET = "local-jira-webhook-secret-0123456789abcdef0123"  # the sample settings' dev value
@@ -275,6 +296,7 @@ def test_the_same_through_jira_is_validated_with_comments_and_a_transition(
         json={"url": f"{host.url}/api/itsm/jira", "payload": webhook, "secret": JIRA_SECRET},
     )
     assert answer["status"] == 202, answer
+    STARTED.add(answer["body"]["requestId"])
     body = wait_for_state(host, answer["body"]["requestId"], ("validated", "rejected"))
     assert body["state"] == "validated", body
     view = sims.control("GET", "jira/issues/OPS-2")
