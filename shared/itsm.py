@@ -358,7 +358,37 @@ def _is_major(value: str, major_values: Sequence[str]) -> bool:
 # --- ServiceNow ------------------------------------------------------------------------------------------
 
 
-class ServiceNowTickets:
+class _BasicAuthTickets:
+    """The connection both ITSM adapters share: one HTTP client with Basic auth, closed with the adapter."""
+
+    system: str
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        secret: str,
+        config: ItsmPolicy,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._config = config
+        self._api = HttpApi(self.system, base_url, {}, httpx.BasicAuth(user, secret), timeout, transport)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+
+class ServiceNowTickets(_BasicAuthTickets):
     """ServiceNow incidents through the Table API, with Basic auth (an integration user).
 
     - :meth:`add_note`: ``PATCH /api/now/table/incident/{sys_id}`` with ``{"work_notes": text}``.
@@ -371,37 +401,6 @@ class ServiceNowTickets:
     """
 
     system = "servicenow"
-
-    def __init__(
-        self,
-        base_url: str,
-        user: str,
-        password: str,
-        config: ItsmPolicy,
-        *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._config = config
-        self._api = HttpApi(
-            self.system,
-            base_url,
-            {},
-            httpx.BasicAuth(user, password),
-            timeout,
-            transport,
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._api.aclose()
 
     def _incident_path(self, ticket: TicketRef) -> str:
         _check_system(ticket, self.system)
@@ -487,7 +486,7 @@ def adf_document(text: str) -> dict[str, Any]:
     }
 
 
-class JiraTickets:
+class JiraTickets(_BasicAuthTickets):
     """Jira (Service Management) issues through REST v3, with Basic auth (account email + API token).
 
     - :meth:`add_note`: ``POST /rest/api/3/issue/{id}/comment`` with an ADF body, marked internal for
@@ -501,37 +500,6 @@ class JiraTickets:
     """
 
     system = "jira"
-
-    def __init__(
-        self,
-        base_url: str,
-        email: str,
-        token: str,
-        config: ItsmPolicy,
-        *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._config = config
-        self._api = HttpApi(
-            self.system,
-            base_url,
-            {},
-            httpx.BasicAuth(email, token),
-            timeout,
-            transport,
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._api.aclose()
 
     def _issue_path(self, ticket: TicketRef) -> str:
         _check_system(ticket, self.system)

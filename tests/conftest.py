@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from local.azurite import Azurite
+from local.simulators.process import SimulatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,3 +32,21 @@ def azurite() -> Iterator[Azurite]:
         yield emulator
     finally:
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def simulators() -> Iterator[SimulatorProcess]:
+    """One simulators process (Graph, ServiceNow, Jira, PagerDuty, managed identity) for the session."""
+    process = SimulatorProcess()
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def sim(simulators: SimulatorProcess) -> SimulatorProcess:
+    """The session's simulators, reset for this test (seeded state, calls and faults cleared)."""
+    simulators.reset()
+    return simulators

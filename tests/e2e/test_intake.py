@@ -32,13 +32,8 @@ SECRET = "local-servicenow-webhook-secret-0123456789abcdef"  # the sample settin
 
 
 @pytest.fixture(scope="module")
-def sims() -> Iterator[SimulatorProcess]:
-    process = SimulatorProcess()
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+def sims(simulators: SimulatorProcess) -> SimulatorProcess:
+    return simulators
 
 
 @pytest.fixture(scope="module")

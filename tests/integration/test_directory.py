@@ -4,7 +4,7 @@ credential the app uses in Azure, pointed at the simulator's App Service token e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -21,19 +21,8 @@ GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    process = SimulatorProcess()
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 @pytest.fixture(autouse=True)
-def _clean(sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
-    sim.reset()
+def _managed_identity(sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IDENTITY_ENDPOINT", sim.url + TOKEN_PATH)
     monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_HEADER)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,21 +36,6 @@ SN_PASSWORD = "sn-password-never-shown-0815"
 JIRA_EMAIL = "pim-bot@contoso.test"
 JIRA_TOKEN = "jira-token-never-shown-4711"
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    process = SimulatorProcess()
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: SimulatorProcess) -> None:
-    sim.reset()
 
 
 @pytest.fixture(scope="module")

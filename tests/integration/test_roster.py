@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,16 +41,6 @@ OTHER_SCHEDULE = "PSCHED2"
 ROTA_GROUP = "Messaging on-call"
 ALEX = Person(user_name="alex", email="alex@contoso.test")
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    process = SimulatorProcess()
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(autouse=True)

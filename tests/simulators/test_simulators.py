@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,21 +60,6 @@ PD_HEADERS = {"Authorization": "Token token=sim-key"}
 GRAPH_HEADERS = {"Authorization": "Bearer sim-token"}
 
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    process = SimulatorProcess()
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: SimulatorProcess) -> None:
-    sim.reset()
 
 
 # -- msgraph-sdk against the simulator ----------------------------------------------------------------------
