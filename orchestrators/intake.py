@@ -56,7 +56,13 @@ async def itsm_webhook(req: func.HttpRequest, client: df.DurableOrchestrationCli
     policy, settings = configuration.policy, configuration.settings
     system = req.route_params["system"].lower()
     body = req.get_body()
-    evidence = {"system": system, "bodyBytes": len(body), "bodySha256": hashlib.sha256(body).hexdigest()}
+    evidence = {
+        "system": system,
+        "bodyBytes": len(body),
+        "bodySha256": hashlib.sha256(body).hexdigest(),
+        # Who sent it, as the platform's front end reports it (Azure and the devhost set this header).
+        "remote": (req.headers.get("x-forwarded-for") or "").split(",")[0].strip()[:100],
+    }
     if system not in policy.enabled_itsm:
         await _security_row(now, "intake.unknown_system", "rejected", evidence)
         return _json(404, {"error": f"system: {system!r} is not an enabled ITSM"})

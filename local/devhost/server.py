@@ -174,7 +174,7 @@ class HostApp:
         http_request = func.HttpRequest(
             method=request.method,
             url=str(request.url),
-            headers=dict(request.headers),
+            headers=_forwarded(request),
             params=dict(request.query_params),
             route_params=route_params,
             body=body,
@@ -326,6 +326,14 @@ def _instance_filter(request: Request) -> Callable[[Instance], bool]:
         )
 
     return wanted
+
+
+def _forwarded(request: Request) -> dict[str, str]:
+    """The request headers, with the caller's address in X-Forwarded-For as Azure's front end adds it."""
+    headers = dict(request.headers)
+    if request.client is not None and "x-forwarded-for" not in headers:
+        headers["x-forwarded-for"] = request.client.host
+    return headers
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -64,7 +64,6 @@ def _every_chain_verifies(azurite: Azurite) -> Iterator[None]:
     with TableServiceClient.from_connection_string(azurite.connection_string) as service:
         ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
         broken = [result for result in (ledger.verify(chain) for chain in sorted(chains)) if not result.ok]
-    assert len(STARTED) > 10, "the tests started fewer requests than expected"
     assert broken == []
 
 
@@ -204,6 +203,7 @@ def test_bad_signatures_are_401_start_nothing_and_are_recorded(
     rows = security_rows(azurite)[before:]
     assert [row.kind for row in rows] == ["intake.signature_rejected"]
     assert code in str(rows[0].fields["Detail"])
+    assert '"remote":"127.0.0.1"' in str(rows[0].fields["Detail"])
     assert "Check" not in journal(sims, world["incident"]["sys_id"])
 
 
