@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .bot_tokens import BotTokenIssuer
 from .common import ServiceApp
 from .control import Simulators, control_routes
 from .identity import ManagedIdentity
@@ -27,7 +28,10 @@ def build_app(sims: Simulators | None = None) -> Starlette:
         return JSONResponse({"base_urls": sims.base_urls(origin), "control": f"{origin}{CONTROL_PREFIX}"})
 
     identity = ManagedIdentity()
-    routes: list[BaseRoute] = [Route("/", index, methods=["GET"]), *identity.routes()]
+    # The token issuer's routes are full paths (its control route under /_sim too): they must come before the
+    # control Mount, which would otherwise claim every /_sim path and answer 404 for /_sim/teams/...
+    bot_tokens = BotTokenIssuer()
+    routes: list[BaseRoute] = [Route("/", index, methods=["GET"]), *identity.routes(), *bot_tokens.routes()]
     routes += [Mount(s.prefix, app=ServiceApp(s, sims.calls, sims.faults)) for s in sims.services]
     routes.append(Mount(CONTROL_PREFIX, routes=control_routes(sims)))
 
@@ -41,4 +45,5 @@ def build_app(sims: Simulators | None = None) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={404: no_service})
     app.state.simulators = sims
     app.state.identity = identity
+    app.state.bot_tokens = bot_tokens
     return app
