@@ -182,36 +182,34 @@ class EntraDirectory:
         return Traced(found, traced.call)
 
     async def role_eligibilities(self, user_id: str, role_template_id: str) -> Traced[list[RoleSchedule]]:
-        query = RoleEligibilityScheduleInstancesRequestBuilder.RoleEligibilityScheduleInstancesRequestBuilderGetQueryParameters(  # noqa: E501
-            filter=_principal_and_role(user_id, role_template_id)
-        )
         builder = self._client.role_management.directory.role_eligibility_schedule_instances
-        traced = await self._traced("GET", "/roleManagement/directory/roleEligibilityScheduleInstances",
-                                    lambda c: builder.get(request_configuration=c), query)  # fmt: skip
-        items = traced.value.value if traced.value and traced.value.value else []
-        return Traced([_schedule(i, str(i.member_type or "")) for i in items], traced.call)
+        traced = await self._schedules("roleEligibilityScheduleInstances", builder, user_id, role_template_id,
+                                       RoleEligibilityScheduleInstancesRequestBuilder)  # fmt: skip
+        return Traced([_schedule(i, str(i.member_type or "")) for i in traced.value], traced.call)
 
     async def active_assignments(self, user_id: str, role_template_id: str) -> Traced[list[RoleSchedule]]:
-        query = RoleAssignmentScheduleInstancesRequestBuilder.RoleAssignmentScheduleInstancesRequestBuilderGetQueryParameters(  # noqa: E501
-            filter=_principal_and_role(user_id, role_template_id)
-        )
         builder = self._client.role_management.directory.role_assignment_schedule_instances
-        traced = await self._traced("GET", "/roleManagement/directory/roleAssignmentScheduleInstances",
-                                    lambda c: builder.get(request_configuration=c), query)  # fmt: skip
-        items = traced.value.value if traced.value and traced.value.value else []
-        return Traced([_schedule(i, str(i.assignment_type or "")) for i in items], traced.call)
+        traced = await self._schedules("roleAssignmentScheduleInstances", builder, user_id, role_template_id,
+                                       RoleAssignmentScheduleInstancesRequestBuilder)  # fmt: skip
+        return Traced([_schedule(i, str(i.assignment_type or "")) for i in traced.value], traced.call)
 
     async def pending_requests(self, user_id: str, role_template_id: str) -> Traced[list[RoleSchedule]]:
         """Schedule requests for the user and role that PIM has not decided yet."""
-        query = RoleAssignmentScheduleRequestsRequestBuilder.RoleAssignmentScheduleRequestsRequestBuilderGetQueryParameters(  # noqa: E501
-            filter=_principal_and_role(user_id, role_template_id)
-        )
         builder = self._client.role_management.directory.role_assignment_schedule_requests
-        traced = await self._traced("GET", "/roleManagement/directory/roleAssignmentScheduleRequests",
-                                    lambda c: builder.get(request_configuration=c), query)  # fmt: skip
-        items = traced.value.value if traced.value and traced.value.value else []
-        pending = [i for i in items if str(i.status or "") not in _TERMINAL_REQUEST_STATUSES]
+        traced = await self._schedules("roleAssignmentScheduleRequests", builder, user_id, role_template_id,
+                                       RoleAssignmentScheduleRequestsRequestBuilder)  # fmt: skip
+        pending = [i for i in traced.value if str(i.status or "") not in _TERMINAL_REQUEST_STATUSES]
         return Traced([_schedule(i, str(i.status or "")) for i in pending], traced.call)
+
+    async def _schedules(self, collection: str, builder: Any, user_id: str, role_template_id: str,
+                         builder_type: Any) -> Traced[list[Any]]:  # fmt: skip
+        """One PIM collection filtered to a principal and a role (the three reads differ only in that)."""
+        query_type = getattr(builder_type, f"{builder_type.__name__}GetQueryParameters")
+        query = query_type(filter=_principal_and_role(user_id, role_template_id))
+        traced = await self._traced("GET", f"/roleManagement/directory/{collection}",
+                                    lambda c: builder.get(request_configuration=c), query)  # fmt: skip
+        items = list(traced.value.value) if traced.value and traced.value.value else []
+        return Traced(items, traced.call)
 
 
 def _require_guid(value: str) -> None:

@@ -544,14 +544,8 @@ class _Reader:
 
     def secret(self, name: str) -> str | None:
         """A shared secret: at least MIN_WEBHOOK_SECRET_LENGTH characters; never echoed in a problem."""
-        value = self._get(name)
+        value = self.api_secret(name)
         if value is None:
-            return None
-        if value.lower().startswith(_KEY_VAULT_REFERENCE_PREFIX):
-            self._problems.append(
-                f"{name} is an unresolved Key Vault reference: the Function App could not read the secret "
-                "(check the reference's SecretUri and that the app's identity may read secrets in the vault)"
-            )
             return None
         if len(value) < MIN_WEBHOOK_SECRET_LENGTH:
             self._problems.append(

@@ -407,3 +407,47 @@ def test_a_resolution_is_raised_to_the_tickets_running_request(
     assert resolved["status"] == 200, resolved
     assert resolved["body"] == {"status": "resolution", "requestIds": [first["body"]["requestId"]]}
     wait_for_state(host, first["body"]["requestId"], ("validated", "rejected"))
+
+
+def test_an_old_jira_body_replayed_with_a_new_delivery_header_after_a_newer_request_starts_nothing(
+    sims: SimulatorProcess, host: DevhostProcess
+) -> None:
+    """Jira does not sign its delivery header: the signed body itself identifies a delivery."""
+    world = seed_world(sims)
+    tag = world["tag"]
+    sims.seed("jira/issues", {"key": "OPS-7", "summary": "Mail flow down", "status": "In Progress"})
+    fields = {
+        "customfield_10050": "Exchange Administrator",
+        "customfield_10051": "privileged",
+        "customfield_10052": "PT1H",
+        "customfield_10053": "restore mail flow",
+        "customfield_10054": "OPS-7",
+    }
+    sims.seed("jira/issues", {"key": "OPS-8", "priority": "Highest", "assignee": f"alex.{tag}@contoso.test",
+                              "reporter": f"sam.{tag}@contoso.test", "fields": fields})  # fmt: skip
+    auth = ("pim-bot@contoso.test", "token")
+
+    def deliver(body: dict[str, Any], identifier: str) -> dict[str, Any]:
+        answer: dict[str, Any] = sims.control("POST", "jira/send", json={
+            "url": f"{host.url}/api/itsm/jira", "payload": body, "secret": JIRA_SECRET,
+            "webhookIdentifier": identifier,
+        })  # fmt: skip
+        return answer
+
+    old = {"webhookEvent": "jira:issue_updated", "timestamp": 1,
+           "issue": httpx.get(f"{sims.jira_base_url}/rest/api/3/issue/OPS-8", auth=auth).json()}  # fmt: skip
+    first = deliver(old, "delivery-1")
+    assert first["status"] == 202, first
+    wait_for_state(host, first["body"]["requestId"], ("validated",))
+    newer = {
+        **old,
+        "timestamp": 2,
+        "issue": {**old["issue"], "fields": {**old["issue"]["fields"], "customfield_10053": "still down"}},
+    }
+    second = deliver(newer, "delivery-2")
+    assert second["status"] == 202, second
+    wait_for_state(host, second["body"]["requestId"], ("validated", "rejected"))
+    replay = deliver(old, "delivery-3")  # the captured first body, with a fresh header
+    assert replay["status"] == 200, replay
+    assert replay["body"]["status"] == "duplicate"
+    assert replay["body"]["requestId"] == first["body"]["requestId"]
