@@ -23,6 +23,7 @@ from shared.validation import (
 )
 
 RECORD_AUDIT = "record_audit"
+AUDIT_NEXT_SEQ = "audit_next_seq"
 UPDATE_TICKET = "update_ticket"
 VALIDATE_RESPONDER = "validate_responder"
 VALIDATE_ROLE = "validate_role"
@@ -53,6 +54,11 @@ def record_audit(payload: dict[str, Any]) -> dict[str, Any]:
         seq=int(payload["seq"]),
     )
     return {"seq": row.seq, "hash": row.hash}
+
+
+@bp.activity_trigger(input_name="chain", activity=AUDIT_NEXT_SEQ)
+def audit_next_seq(chain: str) -> int:
+    return audit_ledger().next_seq(chain)
 
 
 @bp.activity_trigger(input_name="payload", activity=UPDATE_TICKET)

@@ -10,15 +10,21 @@ from local.simulators.process import SimulatorProcess
 from shared.policy import Policy
 
 EXCHANGE_ADMINISTRATOR = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
+# The sample settings' tenant and bot app id (local.settings.sample.json): what a simulated Teams click
+# claims, and what the app checks it against.
+SAMPLE_TENANT_ID = "11111111-2222-4333-8444-555555555555"
+SAMPLE_BOT_APP_ID = "66666666-7777-4888-9999-000000000000"
 
 
 def seed_responder_world(sims: SimulatorProcess, policy: Policy, *, on_call: bool = True, eligible: bool = True,  # noqa: E501
-                         active: bool = False, incident_state: str = "2") -> dict[str, Any]:  # fmt: skip
+                         active: bool = False, incident_state: str = "2",
+                         major_incident: bool = False) -> dict[str, Any]:  # fmt: skip
     """A responder (Alex) and an opener (Sam), the on-call responder group, Alex's PIM state for Exchange
     Administrator, and a P1 ServiceNow incident with a number of its own."""
     tag = uuid.uuid4().hex[:6]
     alex = sims.seed("graph/users", {"userPrincipalName": f"alex.{tag}@contoso.test", "displayName": "Alex"})
-    sims.seed("graph/users", {"userPrincipalName": f"sam.{tag}@contoso.test", "displayName": "Sam"})
+    sam = sims.seed("graph/users", {"userPrincipalName": f"sam.{tag}@contoso.test", "displayName": "Sam"})
     if policy.roster.provider == "entra_group" and policy.roster.group_id:
         sims.seed("graph/groups", {"id": policy.roster.group_id, "displayName": "On-call responders",
                                    "members": [alex["id"]] if on_call else []})  # fmt: skip
@@ -31,9 +37,16 @@ def seed_responder_world(sims: SimulatorProcess, policy: Policy, *, on_call: boo
                                         "assignmentType": "Activated"})  # fmt: skip
     # A number of its own: the app's request index (in Table Storage) outlives a simulator reset.
     number = f"INC{uuid.uuid4().int % 10**7:07d}"
-    incident = sims.seed("servicenow/incidents", {"number": number, "short_description": "Mail flow down",
-                                                  "priority": "1", "state": incident_state})  # fmt: skip
-    return {"alex": alex, "tag": tag, "incident": incident}
+    record = {
+        "number": number,
+        "short_description": "Mail flow down",
+        "priority": "1",
+        "state": incident_state,
+    }
+    if major_incident:  # a declared major incident (ServiceNow Major Incident Management)
+        record["major_incident_state"] = "accepted"
+    incident = sims.seed("servicenow/incidents", record)
+    return {"alex": alex, "sam": sam, "tag": tag, "incident": incident}
 
 
 def servicenow_payload(world: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -71,4 +84,39 @@ def send_servicenow(sims: SimulatorProcess, app_url: str, secret: str, payload: 
     if payload is not None:
         spec["payload"] = payload
     answer: dict[str, Any] = sims.control("POST", "servicenow/send", json=spec)
+    return answer
+
+
+def seed_approver_world(sims: SimulatorProcess, policy: Policy, world: dict[str, Any]) -> dict[str, Any]:
+    """Approvers for ``world`` (after :func:`seed_responder_world`): Lee (on-call lead), Ivy (IAM duty
+    manager), Bo (in both groups), Sec (security lead). Alex (the responder) and Sam (the opener) are on-call
+    leads too, so that the rules, not group membership, must stop them from approving. Alex is also
+    eligible for Global Administrator."""
+    tag = world["tag"]
+    people = {}
+    for key, name in (("lee", "Lee"), ("ivy", "Ivy"), ("bo", "Bo"), ("sec", "Sec")):
+        upn = f"{key}.{tag}@contoso.test"
+        people[key] = sims.seed("graph/users", {"userPrincipalName": upn, "displayName": name})
+    sam_id, alex_id = world["sam"]["id"], world["alex"]["id"]
+    members = {
+        "on_call_lead": [people["lee"]["id"], people["bo"]["id"], alex_id, sam_id],
+        "iam_duty_manager": [people["ivy"]["id"], people["bo"]["id"]],
+        "security_lead": [people["sec"]["id"]],
+    }
+    for key, ids in members.items():
+        group = policy.approver_groups[key]
+        sims.seed("graph/groups", {"id": group.group_id, "displayName": group.display_name, "members": ids})
+    sims.seed("graph/eligibility", {"principalId": alex_id, "roleDefinitionId": GLOBAL_ADMINISTRATOR})
+    return {**people, "alex": world["alex"], "sam": world["sam"]}
+
+
+def click_card(sims: SimulatorProcess, app_url: str, card: dict[str, Any], user: dict[str, Any], verb: str,
+               **options: Any) -> dict[str, Any]:  # fmt: skip
+    """``user`` clicks ``verb`` on ``card`` ({conversationId, activityId}) in Teams: a signed invoke to the
+    app's bot endpoint through the Teams simulator; the app's answer."""
+    spec = {"botUrl": f"{app_url}/api/messages", "conversationId": card["conversationId"],
+            "activityId": card["activityId"], "verb": verb,
+            "user": {"aadObjectId": user["id"], "name": user.get("displayName", "")},
+            "tenantId": SAMPLE_TENANT_ID, "botAppId": SAMPLE_BOT_APP_ID, **options}  # fmt: skip
+    answer: dict[str, Any] = sims.click(**spec)
     return answer

@@ -1,12 +1,11 @@
 """The access-request orchestration: one per (ITSM system, ticket, role) and generation (design.md §2).
 
-Stages, each a short generator: validate -> (approve -> activate -> prove -> hand over -> hold -> revoke:
-the next issues). Today the orchestration ends after validation, in state ``validated`` (waiting for the
-approval stage) or ``rejected`` with the first failed check's reason.
+Stages, each a short generator: validate -> approve (a sub-orchestration) -> (activate -> prove -> hand
+over -> hold -> revoke: the next issue). Today the orchestration ends ``rejected`` (a check failed),
+``denied``, ``expired`` or ``approved``; a request approved by the major-incident rule first waits for its
+post-facto review (bounded by ``timings.review_due``), which the hold stage will take over.
 
-Replay rules (design.md §3): time only from ``context.current_utc_datetime``; the audit row sequence is a
-counter in the generator, so a replay allocates the same numbers and a retried activity rewrites the
-same row; no I/O here, everything through activities.
+Replay rules: see orchestrators/flow.py; no I/O here, everything through activities.
 """
 
 from __future__ import annotations
@@ -18,91 +17,30 @@ from typing import Any
 import azure.durable_functions as df
 
 from activities.access_request import (
-    RECORD_AUDIT,
-    UPDATE_TICKET,
     VALIDATE_DUPLICATES,
     VALIDATE_ELIGIBILITY,
     VALIDATE_INCIDENT,
     VALIDATE_RESPONDER,
     VALIDATE_ROLE,
 )
-from shared.audit import STATE_KIND
-from shared.models import AccessRequest
+from orchestrators.approval import APPROVAL_ORCHESTRATOR, approval_instance_id, await_review
+from orchestrators.flow import RETRY, WORKFLOW_VERSION, RequestFlow, Steps
+from shared.approvals import ApprovalRound
 from shared.validation import CheckResult
 
 ACCESS_REQUEST_ORCHESTRATOR = "access_request"
-WORKFLOW_VERSION = "access_request/1"
-
-# Activities and ITSM calls are delivered at least once and may meet a passing fault (429/5xx).
-_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=3)
+__all__ = ["ACCESS_REQUEST_ORCHESTRATOR", "WORKFLOW_VERSION", "access_request"]
 
 bp = df.Blueprint()
 
-Steps = Generator[Any, Any, Any]
 
-
-class RequestFlow:
-    """What every stage needs: the request, the audit sequence, and the ticket."""
-
-    def __init__(self, context: df.DurableOrchestrationContext) -> None:
-        start = context.get_input()
-        self.context = context
-        self.request_id: str = start["requestId"]
-        self.request = AccessRequest.from_dict(start["request"])
-        self.seq = 0
-        self.checks: list[dict[str, Any]] = []
-
-    def record(
-        self,
-        kind: str,
-        outcome: str,
-        detail: dict[str, Any] | None = None,
-        role: str = "",
-        actor_id: str = "",
-        actor_upn: str = "",
-        graph: dict[str, Any] | None = None,
-    ) -> Steps:
-        entry = {
-            "kind": kind,
-            "outcome": outcome,
-            "time": self.context.current_utc_datetime.isoformat(),
-            "actor_id": actor_id,
-            "actor_upn": actor_upn,
-            "role": role,
-            "detail": detail or {},
-            "graph": graph,
-            "workflow_version": WORKFLOW_VERSION,
-        }
-        yield self.context.call_activity_with_retry(
-            RECORD_AUDIT, _RETRY, {"chain": self.request_id, "seq": self.seq, "entry": entry}
-        )
-        # Only once written: when the write failed for good, the next record reuses the position.
-        self.seq += 1
-
-    def ticket(self, note: str, state_key: str | None = None) -> Steps:
-        # The note and the state are separate activities, so that retrying a failed state change does
-        # not post the note again.
-        ref = {
-            "system": self.request.system,
-            "ticket": self.request.ticket,
-            "ticketId": self.request.ticket_id,
-        }
-        yield self.context.call_activity_with_retry(
-            UPDATE_TICKET, _RETRY, {**ref, "note": f"[Emergency access {self.request_id}] {note}"}
-        )
-        if state_key:
-            yield self.context.call_activity_with_retry(UPDATE_TICKET, _RETRY, {**ref, "state": state_key})
-
-    def set_state(self, state: str, reason: str = "") -> Steps:
-        self.context.set_custom_status({"state": state, "checks": self.checks, "reason": reason or None})
-        yield from self.record(STATE_KIND, "recorded", {"state": state, "reason": reason})
-
-
-def validate(flow: RequestFlow) -> Generator[Any, Any, CheckResult | None]:
-    """Run the chain in order; returns the first failed check, or None when all passed."""
+def validate(flow: RequestFlow) -> Generator[Any, Any, tuple[CheckResult | None, dict[str, Any]]]:
+    """Run the chain in order; returns the first failed check (or None when all passed) and what the checks
+    found (the responder's identity, the incident)."""
     request_json = flow.request.to_dict()
     responder: dict[str, Any] = {}
     role: dict[str, Any] = {}
+    found: dict[str, dict[str, Any]] = {}
     for activity in (
         VALIDATE_RESPONDER,
         VALIDATE_ROLE,
@@ -117,7 +55,7 @@ def validate(flow: RequestFlow) -> Generator[Any, Any, CheckResult | None]:
             "templateId": role.get("templateId"),
         }
         result = CheckResult.from_json(
-            (yield flow.context.call_activity_with_retry(activity, _RETRY, payload))
+            (yield flow.context.call_activity_with_retry(activity, RETRY, payload))
         )
         flow.checks.append({"check": result.check, "passed": result.passed})
         calls = [call.__dict__ for call in result.calls]
@@ -130,13 +68,14 @@ def validate(flow: RequestFlow) -> Generator[Any, Any, CheckResult | None]:
         )
         verdict = "passed" if result.passed else "FAILED"
         yield from flow.ticket(f"Check {result.check}: {verdict}. {result.reason}")
+        found[result.check] = result.evidence
         if not result.passed:
-            return result
+            return result, found
         if result.check == "responder":
             responder = result.evidence
         elif result.check == "role":
             role = result.evidence
-    return None
+    return None, found
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=ACCESS_REQUEST_ORCHESTRATOR)
@@ -148,6 +87,7 @@ def access_request(context: df.DurableOrchestrationContext) -> Steps:
         # Never leave a request silently half-done: record why it stopped, then end. Escalation with
         # diagnostics comes with the escalation stage.
         reason = f"the request stopped: {str(error).splitlines()[0][:500]}"
+        yield from flow.resync()  # a failed sub-orchestration may have written rows we did not count
         yield from flow.set_state("failed", reason)
         with contextlib.suppress(Exception):  # best effort: the ticket may be what failed
             yield from flow.ticket(f"The emergency access request stopped and needs IAM: {reason}")
@@ -174,7 +114,7 @@ def _run(flow: RequestFlow) -> Steps:
     )
     yield from flow.set_state("validating")
 
-    failed = yield from validate(flow)
+    failed, found = yield from validate(flow)
     if failed is not None:
         reason = f"{failed.check} check failed: {failed.reason}"
         # The ticket first, then the state: a request is "rejected" once the ticket says so.
@@ -184,4 +124,31 @@ def _run(flow: RequestFlow) -> Steps:
 
     yield from flow.ticket("All checks passed; waiting for approval.", state_key="pending_approval")
     yield from flow.set_state("validated")
-    return {"requestId": flow.request_id, "state": "validated"}
+    return (yield from approve(flow, found))
+
+
+def approve(flow: RequestFlow, found: dict[str, dict[str, Any]]) -> Steps:
+    """The approval sub-orchestration, then the request's state and ticket from its outcome."""
+    responder = found["responder"]
+    result = yield flow.context.call_sub_orchestrator(
+        APPROVAL_ORCHESTRATOR,
+        {"requestId": flow.request_id, "request": flow.request.to_dict(), "checks": flow.checks,
+         "seq": flow.seq, "responder": {"userId": responder["userId"], "upn": responder["upn"]},
+         "majorIncident": bool(found["incident"].get("majorIncident")),
+         "parentInstanceId": flow.context.instance_id},
+        approval_instance_id(flow.request_id),
+    )  # fmt: skip
+    flow.seq = int(result["seq"])
+    outcome, reason = result["outcome"], result["reason"]
+    approvals = result["approvals"]
+    if outcome in ("denied", "expired"):
+        yield from flow.ticket(f"Access {outcome}: {reason}.", state_key=outcome)
+        yield from flow.set_state(outcome, reason, approvals=approvals)
+        return {"requestId": flow.request_id, "state": outcome, "reason": reason}
+    who = "; ".join(f"{a['by']} ({a['stage'].replace('_', ' ')}) at {a['at']}" for a in approvals)
+    yield from flow.ticket(f"Access approved ({reason}){': ' + who if who else ''}. Activation follows.")
+    yield from flow.set_state("approved", reason, approvals=approvals)
+    if result["review"]:
+        # Rule-approved: the post-facto review card is out; its answer is recorded in this chain.
+        yield from await_review(flow, ApprovalRound.from_json(result["review"]))
+    return {"requestId": flow.request_id, "state": "approved", "path": result["path"], "approvals": approvals}

@@ -42,6 +42,19 @@ def timeline_entry(row: AuditRow) -> dict[str, Any]:
     return entry
 
 
+def approvals(rows: list[AuditRow]) -> list[dict[str, Any]]:
+    """Who answered which card and when, counted or refused (from the ``approval.vote`` rows)."""
+    found = []
+    for row in rows:
+        if row.kind in ("approval.vote", "approval.review") and row.to_json()["actor_id"]:
+            body, detail = row.to_json(), row.to_json()["detail"]
+            by = {"id": body["actor_id"], "upn": body["actor_upn"]}
+            found.append({"stage": detail.get("stage"), "verb": detail.get("verb"), "at": detail.get("at"),
+                          "by": by, "outcome": body["outcome"],
+                          "reason": detail.get("reason") or None})  # fmt: skip
+    return found
+
+
 async def _read(request_id: str) -> tuple[list[AuditRow], ChainVerification]:
     ledger = audit_ledger()
     rows = await asyncio.to_thread(ledger.read, request_id)
@@ -60,6 +73,7 @@ async def get_request(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, {
         "requestId": request_id,
         "state": current_state(rows),
+        "approvals": approvals(rows),
         "timeline": [timeline_entry(row) for row in rows],
         "auditVerified": verification.ok,
     })  # fmt: skip

@@ -204,6 +204,10 @@ class AuditLedger:
             return row
         raise AuditError(f"{chain}: could not append after {_MAX_RACE_ATTEMPTS} concurrent attempts")
 
+    def next_seq(self, chain: str) -> int:
+        """The position the next row of ``chain`` takes (its row count)."""
+        return self._head(chain)[0]
+
     def _already_written(self, chain: str, seq: int, entry: AuditEntry) -> AuditRow:
         stored = self._read_row(chain, seq)
         expected = self._fields(chain, seq, entry, stored.prev_hash)

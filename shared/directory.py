@@ -34,6 +34,7 @@ from msgraph.generated.role_management.directory.role_eligibility_schedule_insta
 from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
     CheckMemberGroupsPostRequestBody,
 )
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
@@ -159,6 +160,32 @@ class EntraDirectory:
         if not exact:
             return Traced(None, traced.call)
         user = exact[0]
+        return Traced(
+            DirectoryUser(
+                id=str(user.id), user_principal_name=str(user.user_principal_name), mail=user.mail,
+                display_name=str(user.display_name or ""), account_enabled=bool(user.account_enabled),
+            ),
+            traced.call,
+        )  # fmt: skip
+
+    async def get_user(self, user_id: str) -> Traced[DirectoryUser | None]:
+        """The user with object id ``user_id`` (an approver named by a verified token), or None."""
+        _require_guid(user_id)
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
+            select=["id", "userPrincipalName", "mail", "displayName", "accountEnabled"]
+        )
+        builder = self._client.users.by_user_id(user_id)
+        try:
+            traced = await self._traced(
+                "GET", f"/users/{user_id}", lambda c: builder.get(request_configuration=c), query
+            )
+        except DirectoryError as error:
+            if error.call.status == 404:
+                return Traced(None, error.call)
+            raise
+        user = traced.value
+        if user is None:
+            return Traced(None, traced.call)
         return Traced(
             DirectoryUser(
                 id=str(user.id), user_principal_name=str(user.user_principal_name), mail=user.mail,

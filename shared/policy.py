@@ -259,6 +259,7 @@ class Timings(_Model):
 
     approval_due: Duration = _DEFAULT_APPROVAL_DUE
     approval_reminder: Duration = _DEFAULT_APPROVAL_DUE / 2
+    review_due: Duration = timedelta(hours=24)
     progress_interval: Duration = timedelta(minutes=2)
     slow_probe_interval: Duration = timedelta(minutes=5)
     default_proof_deadline: Duration = _DEFAULT_PROOF_DEADLINE

@@ -8,7 +8,9 @@ import functools
 from azure.data.tables import TableServiceClient
 from azure.identity import ManagedIdentityCredential
 
+from shared.approvals import ApprovalBook
 from shared.audit import AuditLedger
+from shared.bot_auth import BotTokenValidator
 from shared.configuration import load_configuration
 from shared.directory import EntraDirectory, graph_client
 from shared.grants import GrantLedger
@@ -17,6 +19,7 @@ from shared.itsm import ticket_system as build_ticket_system
 from shared.request_index import Deliveries, RequestIndex
 from shared.roster import OnCallRoster, on_call_roster
 from shared.tables import table_service
+from shared.teams import BotConnector
 
 
 @functools.cache
@@ -65,3 +68,26 @@ def roster() -> OnCallRoster:
 def ticket_system(system: str) -> TicketSystem:
     configuration = load_configuration()
     return build_ticket_system(system, configuration.settings, configuration.policy)
+
+
+@functools.cache
+def approval_book() -> ApprovalBook:
+    return ApprovalBook(tables())
+
+
+@functools.cache
+def bot_token_validator() -> BotTokenValidator:
+    # One per process: it caches the Bot Framework's OpenID metadata and signing keys.
+    settings = load_configuration().settings
+    return BotTokenValidator(settings.bot_openid_metadata_url, settings.bot_app_id)
+
+
+@functools.cache
+def bot_connector() -> BotConnector:
+    # The bot's own identity (its app id is a user-assigned managed identity's client id), not the one
+    # that can assign roles: a leaked bot token can post cards, never grant access (design.md §7).
+    settings = load_configuration().settings
+    credential = ManagedIdentityCredential(client_id=settings.bot_app_id)
+    return BotConnector(
+        settings.bot_connector_service_url, credential, settings.bot_app_id, settings.tenant_id
+    )

@@ -13,7 +13,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .app import CONTROL_PREFIX, build_app
-from .process import DEFAULT_PORT
+from .bot_tokens import METADATA_PATH
+from .process import DEFAULT_PORT, SETTINGS
 
 # The simulators hold test data and have an unauthenticated control API: never listen beyond this machine.
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -63,9 +64,8 @@ async def _announce(server: uvicorn.Server, app: Starlette, host: str, port: int
     origin = f"http://{'[::1]' if host == '::1' else host}:{port}"
     sims = app.state.simulators
     lines = [f"simulators listening on {origin} (control API {origin}{CONTROL_PREFIX}); Ctrl-C to stop"]
-    settings = {"graph": "GRAPH_BASE_URL", "servicenow": "SERVICENOW_BASE_URL", "jira": "JIRA_BASE_URL",
-                "pagerduty": "PAGERDUTY_BASE_URL"}  # fmt: skip
-    lines += [f"  {settings[name]}={url}" for name, url in sims.base_urls(origin).items()]
+    lines += [f"  {SETTINGS[name]}={url}" for name, url in sims.base_urls(origin).items()]
+    lines.append(f"  BOT_OPENID_METADATA_URL={origin}{METADATA_PATH}")
     print("\n".join(lines), flush=True)
 
 

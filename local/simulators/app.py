@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from .bot_tokens import BotTokenIssuer
+from .bot_tokens import METADATA_PATH
 from .common import ServiceApp
 from .control import Simulators, control_routes
 from .identity import ManagedIdentity
@@ -25,12 +25,17 @@ def build_app(sims: Simulators | None = None) -> Starlette:
 
     async def index(request: Request) -> Response:
         origin = f"{request.url.scheme}://{request.url.netloc}"
-        return JSONResponse({"base_urls": sims.base_urls(origin), "control": f"{origin}{CONTROL_PREFIX}"})
+        return JSONResponse({
+            "base_urls": sims.base_urls(origin),
+            "bot_openid_metadata_url": f"{origin}{METADATA_PATH}",
+            "control": f"{origin}{CONTROL_PREFIX}",
+        })  # fmt: skip
 
     identity = ManagedIdentity()
     # The token issuer's routes are full paths (its control route under /_sim too): they must come before the
     # control Mount, which would otherwise claim every /_sim path and answer 404 for /_sim/teams/...
-    bot_tokens = BotTokenIssuer()
+    # The issuer belongs to the Simulators (the click helper under /_sim/teams/click signs with it).
+    bot_tokens = sims.bot_tokens
     routes: list[BaseRoute] = [Route("/", index, methods=["GET"]), *identity.routes(), *bot_tokens.routes()]
     routes += [Mount(s.prefix, app=ServiceApp(s, sims.calls, sims.faults)) for s in sims.services]
     routes.append(Mount(CONTROL_PREFIX, routes=control_routes(sims)))

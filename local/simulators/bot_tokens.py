@@ -81,10 +81,9 @@ class BotTokenIssuer:
             if not isinstance(spec, dict):
                 raise SeedError("expected a JSON object")
             reject_unknown_keys(spec, TOKEN_KEYS, "teams token")
-            token, claims, kid = self._mint(spec)
+            token, claims, kid = self.mint(spec)
         except (SeedError, ServiceError) as exc:  # a bad spec or a body that is not JSON
             return control_error(400, str(exc))
-        self.issued.append(claims)
         return JSONResponse({"token": token, "kid": kid, "claims": claims})
 
     async def state(self, request: Request) -> Response:
@@ -95,7 +94,9 @@ class BotTokenIssuer:
             "issued": len(self.issued),
         })  # fmt: skip
 
-    def _mint(self, spec: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    def mint(self, spec: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """Sign a token for ``spec`` (the keys of :data:`TOKEN_KEYS`): ``(token, claims, kid)``; counted in
+        ``issued``. Used by ``POST /_sim/teams/token`` and by the click helper (``/_sim/teams/click``)."""
         audience, service_url = spec.get("audience"), spec.get("serviceUrl")
         if not isinstance(audience, str) or not isinstance(service_url, str):
             raise SeedError("'audience' and 'serviceUrl' are required strings")
@@ -122,6 +123,7 @@ class BotTokenIssuer:
         }
         key = self.keys[key_name]
         token = jwt.encode(claims, key.private_key, algorithm=alg, headers={"kid": key.kid, "typ": "JWT"})
+        self.issued.append(claims)
         return token, claims, key.kid
 
     def routes(self) -> list[Route]:

@@ -1,5 +1,6 @@
 """The control API under ``/_sim``: reset, inspect and seed the simulators' state, read recorded calls, inject
-faults, and send signed ITSM webhooks to the app as ServiceNow and Jira would.
+faults, send signed ITSM webhooks to the app as ServiceNow and Jira would, and click a button on a Teams card
+(a signed ``adaptiveCard/action`` invoke, as Teams sends it to the bot).
 
 It has no authentication: the simulators listen on loopback only and hold nothing but test data.
 
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .bot_tokens import TOKEN_KEYS, BotTokenIssuer
 from .common import (
     JSON,
     CallLog,
@@ -31,13 +33,16 @@ from .common import (
     Service,
     control_error,
     new_guid,
+    optional_str,
     query_dict,
     reject_unknown_keys,
+    require_str,
 )
 from .graph import GraphService
 from .jira import JiraService
 from .pagerduty import PagerDutyService
 from .servicenow import ServiceNowService
+from .teams import ADAPTIVE_CARD, TeamsService, build_invoke, find_execute_action
 
 # Where senders may post: the app under test runs on this machine. Refusing other hosts keeps the simulator
 # from becoming a signing relay for anything else.
@@ -55,9 +60,13 @@ class Simulators:
         self.servicenow = ServiceNowService()
         self.jira = JiraService()
         self.pagerduty = PagerDutyService()
-        self.services: list[Service] = [self.graph, self.servicenow, self.jira, self.pagerduty]
+        self.teams = TeamsService()
+        self.services: list[Service] = [self.graph, self.servicenow, self.jira, self.pagerduty, self.teams]
         self.calls = CallLog()
         self.faults = Faults(s.name for s in self.services)
+        # Not a service (its routes are full paths, see app.py): its keys live as long as the process and
+        # survive a reset; the click helper signs its invokes with them.
+        self.bot_tokens = BotTokenIssuer()
 
     def reset(self) -> None:
         for service in self.services:
@@ -160,6 +169,18 @@ def control_routes(sims: Simulators) -> list[BaseRoute]:
     async def issue_view(request: Request) -> Response:
         return await not_found_view(request, issue)
 
+    async def teams_conversations(request: Request) -> Response:
+        return JSONResponse(sims.teams.conversations_view())
+
+    async def teams_conversation(request: Request) -> Response:
+        try:
+            return JSONResponse(sims.teams.conversation_view(request.path_params["conversation_id"]))
+        except SeedError as exc:
+            return control_error(404, str(exc))
+
+    async def teams_click(request: Request) -> Response:
+        return await send_click(request, sims)
+
     return [
         Route("/reset", reset, methods=["POST"]),
         Route("/state", state, methods=["GET"]),
@@ -179,6 +200,9 @@ def control_routes(sims: Simulators) -> list[BaseRoute]:
         Route("/jira/issues/{key}", issue_view, methods=["GET"]),
         Route("/jira/send", _guarded(send_jira), methods=["POST"]),
         Route("/pagerduty/oncalls", _seeder(sims.pagerduty.seed_oncall), methods=["POST"]),
+        Route("/teams/conversations", teams_conversations, methods=["GET"]),
+        Route("/teams/conversations/{conversation_id}", teams_conversation, methods=["GET"]),
+        Route("/teams/click", _guarded(teams_click), methods=["POST"]),
         Route("/echo", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
@@ -206,14 +230,7 @@ def _send_inputs(spec: object, extra_keys: tuple[str, ...]) -> tuple[JSON, str, 
     if not isinstance(spec, dict):
         raise SeedError("a send request is a JSON object")
     reject_unknown_keys(spec, (*_SEND_KEYS, *extra_keys), "send")
-    url = spec.get("url")
-    if not isinstance(url, str):
-        raise SeedError("send.url is required")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
-        raise SeedError(
-            f"send.url must be an http(s) URL on loopback ({sorted(LOOPBACK_HOSTS)}), got {url!r}"
-        )
+    url = _loopback_url(spec.get("url"), "send.url")
     if ("payload" in spec) == ("body" in spec):
         raise SeedError(
             "send needs exactly one of 'payload' (JSON, serialised compactly) or 'body' (a raw string)"
@@ -232,6 +249,15 @@ def _send_inputs(spec: object, extra_keys: tuple[str, ...]) -> tuple[JSON, str, 
     if "signature" not in spec and not isinstance(secret, str):
         raise SeedError("send.secret is required (or give an explicit 'signature')")
     return spec, url, body, (signed.encode() if signed is not None else body)
+
+
+def _loopback_url(url: object, what: str) -> str:
+    if not isinstance(url, str):
+        raise SeedError(f"{what} is required")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS:
+        raise SeedError(f"{what} must be an http(s) URL on loopback ({sorted(LOOPBACK_HOSTS)}), got {url!r}")
+    return url
 
 
 def _hmac_hex(secret: str, message: bytes) -> str:
@@ -310,6 +336,132 @@ async def send_jira(request: Request) -> Response:
     if retry is not None:
         headers["X-Atlassian-Webhook-Retry"] = str(retry)
     return await _post(spec, url, body, headers)
+
+
+# -- Teams: a user clicks a button on a card -----------------------------------------------------------------
+
+_CLICK_KEYS = (
+    "botUrl",
+    "conversationId",
+    "activityId",
+    "verb",
+    "user",
+    "tenantId",
+    "botAppId",
+    "data",
+    "token",
+    "authorization",
+    "serviceUrl",
+)
+_CLICK_USER_KEYS = ("aadObjectId", "name", "id")
+# What the Bot Connector sends as its User-Agent when it calls a bot.
+_BOT_CONNECTOR_USER_AGENT = "Microsoft-SkypeBotApi (Microsoft-BotFramework/3.0)"
+
+
+async def send_click(request: Request, sims: Simulators) -> Response:
+    """A user presses an ``Action.Execute`` button (``verb``) on a card the bot posted: send the bot the
+    ``adaptiveCard/action`` invoke Teams would send, signed by the simulated Bot Framework issuer (audience
+    ``botAppId``, ``serviceurl`` = the activity's ``serviceUrl``), and answer with what the bot answered.
+
+    As in Teams, a 200 answer ``{"statusCode": 200, "type": "application/vnd.microsoft.card.adaptive",
+    "value": <card>}`` replaces the card the message shows. Negative-test knobs: ``data`` (merged over the
+    button's data), ``token`` (mint overrides: wrong audience, issuer, expired, unendorsed key, ...),
+    ``authorization`` (the header verbatim; null sends none), ``serviceUrl``.
+    """
+    spec = await _body(request)
+    if not isinstance(spec, dict):
+        raise SeedError("a click is a JSON object")
+    reject_unknown_keys(spec, _CLICK_KEYS, "click")
+    bot_url = _loopback_url(spec.get("botUrl"), "click.botUrl")
+    conversation_id = require_str(spec, "conversationId", "click")
+    activity_id = require_str(spec, "activityId", "click")
+    verb = require_str(spec, "verb", "click")
+    tenant_id = require_str(spec, "tenantId", "click")
+    bot_app_id = require_str(spec, "botAppId", "click")
+    user = spec.get("user")
+    if not isinstance(user, dict):
+        raise SeedError("click.user is required: {aadObjectId, name?, id? (29:...)}")
+    reject_unknown_keys(user, _CLICK_USER_KEYS, "click.user")
+    require_str(user, "aadObjectId", "click.user")
+    optional_str(user, "name", "click.user")
+    optional_str(user, "id", "click.user")
+    extra_data = spec.get("data")
+    if extra_data is not None and not isinstance(extra_data, dict):
+        raise SeedError("click.data is an object (merged over the button's data)")
+    overrides = spec.get("token")
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            raise SeedError("click.token is an object of mint overrides")
+        reject_unknown_keys(overrides, TOKEN_KEYS, "click.token")
+    authorization_override = spec.get("authorization")
+    if authorization_override is not None and not isinstance(authorization_override, str):
+        raise SeedError("click.authorization is the header value (a string), or null to send none")
+    service_url = optional_str(spec, "serviceUrl", "click") or f"{_origin(request)}{sims.teams.prefix}"
+
+    try:
+        card = sims.teams.card_of(conversation_id, activity_id)
+    except SeedError as exc:
+        return control_error(404, str(exc))
+    if card is None:
+        raise SeedError(f"activity {activity_id!r} in {conversation_id!r} carries no Adaptive Card")
+    action = find_execute_action(card, verb)
+    if action is None:
+        raise SeedError(f"the card of activity {activity_id!r} has no Action.Execute with verb {verb!r}")
+    action_data = action.get("data")
+    data = {**(action_data if isinstance(action_data, dict) else {}), **(extra_data or {})}
+    invoke = build_invoke(
+        conversation_id=conversation_id,
+        activity_id=activity_id,
+        action=action,
+        data=data,
+        user=user,
+        tenant_id=tenant_id,
+        bot_app_id=bot_app_id,
+        service_url=service_url,
+    )
+    if "authorization" in spec:
+        authorization: str | None = authorization_override
+    else:
+        mint_spec = {"audience": bot_app_id, "serviceUrl": service_url, **(overrides or {})}
+        token, _, _ = sims.bot_tokens.mint(mint_spec)
+        authorization = f"Bearer {token}"
+    headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": _BOT_CONNECTOR_USER_AGENT}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    try:
+        async with httpx.AsyncClient(timeout=SEND_TIMEOUT_S) as client:
+            response = await client.post(bot_url, content=json.dumps(invoke).encode(), headers=headers)
+    except httpx.HTTPError as exc:
+        return control_error(502, f"sending the invoke to {bot_url} failed: {type(exc).__name__}: {exc}")
+    try:
+        answer: Any = response.json()
+    except ValueError:
+        answer = response.text
+    card_updated = False
+    if (
+        response.status_code == 200
+        and isinstance(answer, dict)
+        and answer.get("statusCode") == 200
+        and answer.get("type") == ADAPTIVE_CARD
+    ):
+        # The bot's state changed while we awaited its answer, possibly through the Bot Connector routes
+        # (an update of this very card): look the activity up again rather than reuse what was read above.
+        card_updated = sims.teams.replace_card_from_invoke(conversation_id, activity_id, answer.get("value"))
+    sims.teams.record_click({
+        "conversationId": conversation_id,
+        "activityId": activity_id,
+        "verb": verb,
+        "invokeId": invoke["id"],
+        "status": response.status_code,
+        "cardUpdated": card_updated,
+    })  # fmt: skip
+    return JSONResponse({
+        "status": response.status_code,
+        "body": answer,
+        "invoke": invoke,
+        "headers": {"Authorization": authorization},
+        "cardUpdated": card_updated,
+    })  # fmt: skip
 
 
 async def echo(request: Request) -> Response:

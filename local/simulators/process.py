@@ -13,10 +13,13 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from local.processes import LOOPBACK, ManagedProcess, free_port
+
+from .bot_tokens import METADATA_PATH
 
 __all__ = ["DEFAULT_PORT", "SimulatorProcess"]
 
@@ -26,13 +29,21 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 _READY_TIMEOUT_S = 20.0
 
 # Path prefixes of the services (local/simulators/app.py mounts them) and the settings that point at them.
-PREFIXES = {"graph": "/graph/v1.0", "servicenow": "/servicenow", "jira": "/jira", "pagerduty": "/pagerduty"}
+PREFIXES = {
+    "graph": "/graph/v1.0",
+    "servicenow": "/servicenow",
+    "jira": "/jira",
+    "pagerduty": "/pagerduty",
+    "teams": "/teams",
+}
 SETTINGS = {
     "graph": "GRAPH_BASE_URL",
     "servicenow": "SERVICENOW_BASE_URL",
     "jira": "JIRA_BASE_URL",
     "pagerduty": "PAGERDUTY_BASE_URL",
+    "teams": "BOT_CONNECTOR_SERVICE_URL",
 }
+BOT_OPENID_METADATA_SETTING = "BOT_OPENID_METADATA_URL"
 
 
 class SimulatorProcess(ManagedProcess):
@@ -75,9 +86,20 @@ class SimulatorProcess(ManagedProcess):
         return self.url + PREFIXES["pagerduty"]
 
     @property
+    def teams_base_url(self) -> str:
+        """The Bot Connector "serviceUrl" (``BOT_CONNECTOR_SERVICE_URL``)."""
+        return self.url + PREFIXES["teams"]
+
+    @property
+    def bot_openid_metadata_url(self) -> str:
+        return self.url + METADATA_PATH
+
+    @property
     def settings(self) -> dict[str, str]:
         """The app settings that point the app at these simulators."""
-        return {SETTINGS[name]: self.url + prefix for name, prefix in PREFIXES.items()}
+        settings = {SETTINGS[name]: self.url + prefix for name, prefix in PREFIXES.items()}
+        settings[BOT_OPENID_METADATA_SETTING] = self.bot_openid_metadata_url
+        return settings
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -127,6 +149,16 @@ class SimulatorProcess(ManagedProcess):
     def calls(self, service: str | None = None, **filters: str) -> list[Any]:
         params = {"service": service, **filters} if service else dict(filters)
         return list(self.control("GET", "calls", **params)["calls"])
+
+    def click(self, **spec: Any) -> Any:
+        """A user clicks a button on a Teams card: ``POST /_sim/teams/click`` with ``spec`` (``botUrl``,
+        ``conversationId``, ``activityId``, ``verb``, ``user``, ``tenantId``, ``botAppId``, ...); returns
+        ``{status, body, invoke, headers, cardUpdated}`` (the bot's answer). Raises on a control error."""
+        return self.control("POST", "teams/click", json=spec)
+
+    def teams_conversation(self, conversation_id: str) -> Any:
+        """``{members, activities}`` of one Teams conversation (ids with ``:``/``@``/``;`` are quoted)."""
+        return self.control("GET", f"teams/conversations/{quote(conversation_id, safe='')}")
 
     # -- internals ----------------------------------------------------------------------------------------
 

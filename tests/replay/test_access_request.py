@@ -12,9 +12,13 @@ import azure.durable_functions as df
 import pytest
 
 from activities import access_request as activities
+from activities import approval as approval_activities
 from local.devhost.replay import Replay, replay
-from orchestrators import access_request
+from orchestrators import access_request, approval
+from shared.approvals import plan_approval
 from shared.models import AccessRequest, LinkedIncident, Person
+from shared.policy import load_policy
+from shared.settings import DEFAULT_POLICY_PATH
 from shared.validation import CheckResult
 
 EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
@@ -32,6 +36,9 @@ START = {"requestId": "servicenow-INC0012345-29232cdf-g1", "request": REQUEST.to
 app = df.DFApp()
 app.register_functions(access_request.bp)
 app.register_functions(activities.bp)
+app.register_functions(approval.bp)
+app.register_functions(approval_activities.bp)
+POLICY = load_policy(DEFAULT_POLICY_PATH)
 
 
 def passed(check: str, **evidence: Any) -> Any:
@@ -43,15 +50,34 @@ def failed(check: str, reason: str) -> Any:
 
 
 def script(**overrides: Any) -> dict[str, Any]:
+    written: set[int] = set()
+
+    def record(payload: dict[str, Any]) -> dict[str, Any]:
+        written.add(payload["seq"])
+        return {"seq": payload["seq"], "hash": "h"}
+
     chain = {
-        activities.RECORD_AUDIT: lambda payload: {"seq": payload["seq"], "hash": "h"},
+        activities.RECORD_AUDIT: record,
         activities.UPDATE_TICKET: lambda payload: {"call": "ok"},
         activities.VALIDATE_RESPONDER: passed("responder", userId=ALEX_ID, upn="alex@contoso.test"),
         activities.VALIDATE_ROLE: passed("role", role="Exchange Administrator", templateId=EXCHANGE),
         activities.VALIDATE_INCIDENT: passed("incident"),
         activities.VALIDATE_ELIGIBILITY: passed("eligibility"),
         activities.VALIDATE_DUPLICATES: passed("duplicates"),
-    }
+        activities.AUDIT_NEXT_SEQ: lambda chain: len(written),
+        # Approval by the major-incident rule (the incident is a declared major incident), with a review
+        # that nobody answers within its (tiny) due time: the parent's whole path, without waiting.
+        approval_activities.PLAN_APPROVAL: lambda payload: {
+            "plan": plan_approval(POLICY.role("Exchange Administrator"), POLICY, True).to_json(),
+            "openerId": "", "openerNames": ["sam@contoso.test"], "summary": {"ticket": "INC0012345"},
+            "dueSeconds": 900, "reminderSeconds": 450, "reviewSeconds": 0.05, "graph": None,
+        },
+        approval_activities.OPEN_ROUND: lambda payload: payload,
+        approval_activities.POST_CARD: lambda payload: {"conversationId": "19:iam", "activityId": "a1",
+                                                        "new": True},
+        approval_activities.UPDATE_CARDS: lambda payload: {"updated": []},
+        approval_activities.CLOSE_ROUND: lambda payload: payload,
+    }  # fmt: skip
     chain.update(overrides)
     return chain
 
@@ -68,21 +94,26 @@ def notes(result: Replay) -> list[str]:
     return [p["note"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("note")]
 
 
-def test_all_checks_pass_the_request_is_validated_with_contiguous_audit_rows() -> None:
+def test_all_checks_pass_then_approval_continues_the_same_contiguous_audit_chain() -> None:
     result = run(script())
     assert result.instance.status == "Completed"
-    assert result.output == {"requestId": START["requestId"], "state": "validated"}
+    assert result.output["state"] == "approved"
+    assert result.output["path"] == "major_incident_rule"
     seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
-    assert seqs == list(range(len(seqs)))
+    assert seqs == list(range(len(seqs)))  # the sub-orchestration continued the parent's sequence
     assert audit_kinds(result) == [
         "intake.accepted", "request.state", "validation.responder", "validation.role", "validation.incident",
-        "validation.eligibility", "validation.duplicates", "request.state",
+        "validation.eligibility", "validation.duplicates", "request.state", "approval.planned",
+        "approval.rule", "approval.card_posted", "request.state", "approval.review",
     ]  # fmt: skip
     assert all(p["entry"]["workflow_version"] == access_request.WORKFLOW_VERSION
                for p in result.inputs(activities.RECORD_AUDIT))  # fmt: skip
     states = [p["state"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("state")]
     assert states == ["pending_approval"]
-    assert len(notes(result)) == 6
+    assert len(notes(result)) == 7  # five checks, "waiting for approval", "approved"
+    review_round = result.inputs(approval_activities.OPEN_ROUND)[0]
+    assert review_round["purpose"] == "review"
+    assert review_round["instance_id"] == "replay-1"  # review votes go to the parent
 
 
 def test_later_checks_get_the_responder_and_the_role_from_earlier_ones() -> None:
@@ -117,9 +148,9 @@ def test_a_transient_ticket_failure_is_retried_without_posting_the_note_twice() 
         return {"call": "ok"}
 
     result = run(script(**{activities.UPDATE_TICKET: flaky_state}))
-    assert result.output["state"] == "validated"
+    assert result.output["state"] == "approved"
     assert attempts["state"] == 2
-    assert len(notes(result)) == len(set(notes(result))) == 6
+    assert len(notes(result)) == len(set(notes(result))) == 7
 
 
 def test_an_activity_that_keeps_failing_ends_the_request_failed_at_the_next_audit_row() -> None:
@@ -141,3 +172,15 @@ def test_each_check_can_reject(check: str) -> None:
     result = run(script(**{name: failed(check, f"{check} says no")}))
     assert result.output == {"requestId": START["requestId"], "state": "rejected",
                              "reason": f"{check} check failed: {check} says no"}  # fmt: skip
+
+
+def test_a_failed_approval_sub_orchestration_ends_the_request_failed_after_its_rows() -> None:
+    def teams_down(payload: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("Bot Connector answered 503 three times")
+
+    result = run(script(**{approval_activities.POST_CARD: teams_down}))
+    assert result.output["state"] == "failed"
+    assert "Bot Connector answered 503" in result.output["reason"]
+    seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
+    assert seqs == list(range(len(seqs)))  # the parent went on after the child's rows, no reuse
+    assert audit_kinds(result)[-3:] == ["approval.planned", "approval.rule", "request.state"]

@@ -930,6 +930,8 @@ def test_settings_names_are_the_apps() -> None:
         "SERVICENOW_BASE_URL": "http://127.0.0.1:7081/servicenow",
         "JIRA_BASE_URL": "http://127.0.0.1:7081/jira",
         "PAGERDUTY_BASE_URL": "http://127.0.0.1:7081/pagerduty",
+        "BOT_CONNECTOR_SERVICE_URL": "http://127.0.0.1:7081/teams",
+        "BOT_OPENID_METADATA_URL": "http://127.0.0.1:7081/botframework/v1/.well-known/openidconfiguration",
     }
     assert set(process.settings) <= set(SETTINGS_VARIABLES)
 

@@ -1,0 +1,138 @@
+"""Activities of the approval sub-orchestration: plan, open and close rounds, post, update and remind cards.
+
+Each is idempotent, because activities are delivered at least once: a round row is create-only, a card is
+posted once per party and purpose (a retry finds the card row and updates that card instead), a reminder
+is sent at most once per stage and round unless the host dies between sending it and recording it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.durable_functions as df
+
+from shared.approvals import ApprovalPlan, ApprovalRound, CardRecord, Vote, plan_approval, request_summary
+from shared.cards import card_summary, reminder_text, round_card
+from shared.configuration import load_configuration
+from shared.directory import DirectoryError
+from shared.models import AccessRequest
+from shared.services import approval_book, bot_connector, directory
+
+PLAN_APPROVAL = "plan_approval"
+OPEN_ROUND = "open_approval_round"
+POST_CARD = "post_approval_card"
+UPDATE_CARDS = "update_approval_cards"
+REMIND_STAGE = "remind_approval_stage"
+CLOSE_ROUND = "close_approval_round"
+
+bp = df.Blueprint()
+
+
+@bp.activity_trigger(input_name="payload", activity=PLAN_APPROVAL)
+async def plan(payload: dict[str, Any]) -> dict[str, Any]:
+    """The approval path for this request, and who its opener is in Entra (the opener may not approve)."""
+    policy = load_configuration().policy
+    request = AccessRequest.from_dict(payload["request"])
+    role = policy.role(request.role)
+    major = bool(payload.get("majorIncident"))
+    chosen: ApprovalPlan = plan_approval(role, policy, major)
+    opener_id, call = "", None
+    if request.opener.email:
+        try:
+            found = await directory().find_user(request.opener.email)
+        except (DirectoryError, ValueError) as error:
+            if isinstance(error, DirectoryError) and error.transient:
+                raise
+            # No single exact match: the opener is still recognised by their ITSM name and mail.
+        else:
+            call = found.call.__dict__
+            opener_id = found.value.id if found.value else ""
+    return {
+        "plan": chosen.to_json(),
+        "openerId": opener_id,
+        "openerNames": [n for n in (request.opener.email, request.opener.user_name) if n],
+        "summary": request_summary(request, role, payload.get("checks", [])),
+        "dueSeconds": policy.timings.approval_due.total_seconds(),
+        "reminderSeconds": policy.timings.approval_reminder.total_seconds(),
+        "reviewSeconds": policy.timings.review_due.total_seconds(),
+        "graph": call,
+    }
+
+
+@bp.activity_trigger(input_name="payload", activity=OPEN_ROUND)
+def open_round(payload: dict[str, Any]) -> dict[str, Any]:
+    return approval_book().open_round(ApprovalRound.from_json(payload)).to_json()
+
+
+@bp.activity_trigger(input_name="payload", activity=CLOSE_ROUND)
+def close_round(payload: dict[str, Any]) -> dict[str, Any]:
+    closed = approval_book().close_round(payload["requestId"], int(payload["round"]), payload["outcome"])
+    return closed.to_json()
+
+
+def _counted(payload: dict[str, Any]) -> list[Vote]:
+    return [Vote.from_json(v) for v in payload.get("counted", [])]
+
+
+@bp.activity_trigger(input_name="payload", activity=POST_CARD)
+async def post_card(payload: dict[str, Any]) -> dict[str, Any]:
+    """Post the stage's card, or, when this party already has the card of this purpose (a retried activity,
+    or a new round after a refused vote), update that card in place: one card per party per request."""
+    round_ = ApprovalRound.from_json(payload["round"])
+    stage = round_.stage(payload["stage"])
+    if stage is None:
+        raise ValueError(f"round {round_.round} of {round_.request_id} has no stage {payload['stage']!r}")
+    book, connector = approval_book(), bot_connector()
+    card = round_card(round_, stage, _counted(payload))
+    existing = await asyncio.to_thread(book.card, round_.request_id, round_.purpose, stage.name)
+    if existing is not None:
+        await connector.update_card(
+            existing.conversation_id, existing.activity_id, card, card_summary(round_)
+        )
+        return {"conversationId": existing.conversation_id, "activityId": existing.activity_id, "new": False}
+    # The responder's confirmation goes to their 1:1 chat with the bot; approver groups' cards to the
+    # conversation the policy names for the group.
+    conversation = stage.conversation_id or await connector.personal_conversation(round_.responder_id)
+    posted = await connector.post_card(conversation, card, card_summary(round_))
+    record = CardRecord(posted.conversation_id, posted.activity_id)
+    await asyncio.to_thread(book.record_card, round_.request_id, round_.purpose, stage.name, record)
+    return {"conversationId": record.conversation_id, "activityId": record.activity_id, "new": True}
+
+
+@bp.activity_trigger(input_name="payload", activity=UPDATE_CARDS)
+async def update_cards(payload: dict[str, Any]) -> dict[str, Any]:
+    """Show the round's outcome on every card of the round (buttons gone once it is decided)."""
+    round_ = ApprovalRound.from_json(payload["round"])
+    book, connector = approval_book(), bot_connector()
+    counted = _counted(payload)
+    updated = []
+    for stage in round_.stages:
+        record = await asyncio.to_thread(book.card, round_.request_id, round_.purpose, stage.name)
+        if record is None:
+            continue
+        card = round_card(round_, stage, counted, payload["status"], payload.get("note", ""))
+        await connector.update_card(record.conversation_id, record.activity_id, card, card_summary(round_))
+        updated.append(stage.name)
+    return {"updated": updated}
+
+
+@bp.activity_trigger(input_name="payload", activity=REMIND_STAGE)
+async def remind(payload: dict[str, Any]) -> dict[str, Any]:
+    """One reminder, as a reply in the card's thread (not a second card: no approver spam)."""
+    round_ = ApprovalRound.from_json(payload["round"])
+    stage = round_.stage(payload["stage"])
+    if stage is None:
+        raise ValueError(f"round {round_.round} of {round_.request_id} has no stage {payload['stage']!r}")
+    book = approval_book()
+    if await asyncio.to_thread(book.reminder_sent, round_.request_id, round_.round, stage.name):
+        return {"sent": False}
+    record = await asyncio.to_thread(book.card, round_.request_id, round_.purpose, stage.name)
+    if record is None:
+        return {"sent": False}
+    await bot_connector().reply_text(record.conversation_id, record.activity_id, reminder_text(round_, stage))
+    await asyncio.to_thread(
+        book.record_reminder, round_.request_id, round_.round, stage.name, datetime.now(UTC)
+    )
+    return {"sent": True, "conversationId": record.conversation_id}

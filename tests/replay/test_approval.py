@@ -1,0 +1,291 @@
+"""The approval sub-orchestration replayed step by step through the SDK's real replay handle: time stands
+still, events and timers arrive in the order each test chooses. Races between a click and the due time,
+duplicate deliveries and refused votes are decided here, deterministically (design.md §6.2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import azure.durable_functions as df
+import pytest
+
+from activities import access_request as request_activities
+from activities import approval as activities
+from local.devhost.replay import StepReplay
+from orchestrators import approval
+from shared.approvals import Vote, plan_approval, vote_event
+from shared.models import AccessRequest, LinkedIncident, Person
+from shared.policy import load_policy
+from shared.settings import DEFAULT_POLICY_PATH
+
+T = TypeVar("T")
+POLICY = load_policy(DEFAULT_POLICY_PATH)
+REQUEST_ID = "servicenow-INC0012345-62e90394-g1"
+ALEX = "11111111-0000-4000-8000-000000000001"  # the responder
+SAM = "11111111-0000-4000-8000-000000000002"  # the opener
+LEE = "22222222-0000-4000-8000-000000000001"  # an on-call lead
+IVY = "22222222-0000-4000-8000-000000000002"  # an IAM duty manager
+REQUEST = AccessRequest(
+    system="servicenow", event="created", ticket="INC0012345", ticket_id="a" * 32, priority="P1",
+    itsm_priority="1", state="2", short_description="Tenant lockout",
+    opener=Person("sam", "sam@contoso.test"), assignee=Person("alex", "alex@contoso.test"),
+    assignment_group="Identity", incident=LinkedIncident("INC0012345", "2", True, False),
+    access_type="privileged", role="Global Administrator", duration=timedelta(hours=1),
+    justification="restore admin access", delivery_id="d-1",
+)  # fmt: skip
+
+app = df.DFApp()
+app.register_functions(approval.bp)
+app.register_functions(activities.bp)
+app.register_functions(request_activities.bp)
+
+
+def start_input(major_incident: bool = False) -> dict[str, Any]:
+    return {"requestId": REQUEST_ID, "request": REQUEST.to_dict(), "checks": [], "seq": 10,
+            "responder": {"userId": ALEX, "upn": "alex@contoso.test"}, "majorIncident": major_incident,
+            "parentInstanceId": "parent-1"}  # fmt: skip
+
+
+def script(
+    role: str = "Global Administrator", confirm: bool | None = None, **overrides: Any
+) -> dict[str, Any]:
+    def plan(payload: dict[str, Any]) -> dict[str, Any]:
+        chosen = plan_approval(POLICY.role(role), POLICY, payload["majorIncident"])
+        if confirm is not None:
+            chosen = type(chosen)(chosen.path, confirm, chosen.stages, chosen.review, chosen.reason)
+        return {"plan": chosen.to_json(), "openerId": SAM, "openerNames": ["sam@contoso.test", "sam"],
+                "summary": {"ticket": "INC0012345"}, "dueSeconds": 900, "reminderSeconds": 450,
+                "reviewSeconds": 86400, "graph": None}  # fmt: skip
+
+    chain: dict[str, Any] = {
+        activities.PLAN_APPROVAL: plan,
+        activities.OPEN_ROUND: lambda payload: payload,
+        activities.POST_CARD: lambda p: {"conversationId": f"c-{p['stage']}", "activityId": f"a-{p['stage']}",
+                                         "new": p["round"]["round"] <= 2},
+        activities.UPDATE_CARDS: lambda payload: {"updated": []},
+        activities.REMIND_STAGE: lambda payload: {"sent": True},
+        activities.CLOSE_ROUND: lambda payload: payload,
+        request_activities.RECORD_AUDIT: lambda payload: {"seq": payload["seq"], "hash": "h"},
+        request_activities.UPDATE_TICKET: lambda payload: {"call": "ok"},
+    }  # fmt: skip
+    chain.update(overrides)
+    return chain
+
+
+def vote(round_no: int, stage: str, approver: str, verb: str = "approve", upn: str = "") -> dict[str, Any]:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    return Vote(REQUEST_ID, round_no, stage, approver, upn or f"{approver[:4]}@contoso.test", "Someone",
+                verb, at).to_json()  # type: ignore[arg-type]  # fmt: skip
+
+
+def drive(steps: Callable[[StepReplay], Coroutine[Any, Any, T]], activities_script: dict[str, Any],
+          major_incident: bool = False) -> tuple[StepReplay, T]:  # fmt: skip
+    async def go() -> tuple[StepReplay, T]:
+        run = await StepReplay.start(app, approval.APPROVAL_ORCHESTRATOR, start_input(major_incident),
+                                     activities_script)  # fmt: skip
+        try:
+            return run, await steps(run)
+        finally:
+            await run.stop()
+
+    return asyncio.run(go())
+
+
+def kinds(run: StepReplay) -> list[tuple[str, str]]:
+    return [(p["entry"]["kind"], p["entry"]["outcome"]) for p in run.inputs(request_activities.RECORD_AUDIT)]
+
+
+async def confirmed(run: StepReplay) -> None:
+    """The responder confirms (round 1); the approvers' round is then round 2."""
+    await run.raise_event(vote_event(1, "responder"), vote(1, "responder", ALEX, "confirm"))
+
+
+def test_two_person_approval_needs_one_approval_from_each_group_by_two_people() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        assert (await run.instance()).status == "Running"  # one approval is not enough
+        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "approved"
+    assert {(a["stage"], a["id"]) for a in output["approvals"]} == {
+        ("on_call_lead", LEE),
+        ("iam_duty_manager", IVY),
+    }
+    assert run.timers() == []  # every timer was cancelled when an event won
+    assert [(c["purpose"], [s["name"] for s in c["stages"]]) for c in run.inputs(activities.OPEN_ROUND)] == [
+        ("confirm", ["responder"]), ("approve", ["on_call_lead", "iam_duty_manager"])]  # fmt: skip
+    assert run.inputs(activities.CLOSE_ROUND)[-1]["outcome"] == "approved"
+    assert run.inputs(activities.UPDATE_CARDS)[-1]["status"] == "approved"
+    seqs = [p["seq"] for p in run.inputs(request_activities.RECORD_AUDIT)]
+    assert seqs == list(range(10, 10 + len(seqs))) and output["seq"] == 10 + len(seqs)
+
+
+def test_one_person_in_both_groups_counts_once_and_the_other_stage_gets_a_new_round() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        # Both of Lee's clicks reach the orchestration (a race the bot's own check could not see).
+        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", LEE))
+        assert (await run.instance()).status == "Running"
+        await run.raise_event(vote_event(3, "iam_duty_manager"), vote(3, "iam_duty_manager", IVY))
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "approved"
+    assert {a["id"] for a in output["approvals"]} == {LEE, IVY}
+    assert ("approval.vote", "refused") in kinds(run)
+    reopened = run.inputs(activities.OPEN_ROUND)[-1]
+    assert reopened["round"] == 3 and [s["name"] for s in reopened["stages"]] == ["iam_duty_manager"]
+    assert reopened["due_at"] == run.inputs(activities.OPEN_ROUND)[1]["due_at"]  # the same due time
+    assert ("approval.card_updated", "recorded") in kinds(run)  # the same card, a new nonce
+
+
+@pytest.mark.parametrize(("approver", "reason"), [(ALEX, "responder"), (SAM, "opener")])
+def test_a_vote_by_the_responder_or_the_opener_is_refused_by_the_orchestration_too(
+    approver: str, reason: str
+) -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", approver))
+        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"))
+    assert output["outcome"] == "approved" and output["approvals"][0]["id"] == LEE
+    refused = [p["entry"] for p in run.inputs(request_activities.RECORD_AUDIT)
+               if p["entry"]["kind"] == "approval.vote" and p["entry"]["outcome"] == "refused"]  # fmt: skip
+    assert len(refused) == 1 and reason in refused[0]["detail"]["reason"]
+
+
+def test_a_deny_ends_the_approval_at_once() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY, "deny"))
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "denied" and "denied by" in output["reason"]
+    assert run.timers() == []
+    assert run.inputs(activities.UPDATE_CARDS)[-1]["status"] == "denied"
+
+
+def test_no_answer_expires_after_exactly_one_reminder_to_the_groups_that_did_not_answer() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        reminder_at = await run.fire_next()
+        due_at = await run.fire_next()
+        return reminder_at, due_at, await run.output()
+
+    run, (reminder_at, due_at, output) = drive(steps, script())
+    assert output["outcome"] == "expired" and "IAM duty manager" in output["reason"]
+    assert [p["stage"] for p in run.inputs(activities.REMIND_STAGE)] == ["iam_duty_manager"]
+    delta = datetime.fromisoformat(due_at.replace("Z", "+00:00")) - datetime.fromisoformat(
+        reminder_at.replace("Z", "+00:00"))  # fmt: skip
+    assert delta == timedelta(seconds=450)  # the reminder at half of the 15-minute due time
+    assert run.inputs(activities.CLOSE_ROUND)[-1]["outcome"] == "expired"
+    assert run.inputs(activities.UPDATE_CARDS)[-1]["status"] == "expired"
+
+
+def test_a_click_processed_after_the_due_time_fired_does_not_count() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.fire_next()  # the reminder
+        # The due timer and a click arrive together; the timer is in the history first.
+        await run.fire_next(settle=False)
+        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE), settle=False)
+        await run.settle()
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"))
+    assert output["outcome"] == "expired" and output["approvals"] == []
+    assert ("approval.vote", "counted") not in kinds(run)
+
+
+def test_a_click_processed_before_the_due_time_fired_counts() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.fire_next()  # the reminder
+        pending = run.timers()
+        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE), settle=False)
+        await run.settle()
+        return pending, await run.output()
+
+    run, (pending, output) = drive(steps, script(role="Exchange Administrator"))
+    assert len(pending) == 1  # the due timer was pending, and is cancelled by the click
+    assert output["outcome"] == "approved" and run.timers() == []
+
+
+def test_a_duplicate_event_for_the_same_click_is_counted_once() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        click = vote(2, "on_call_lead", LEE)
+        await run.raise_event(vote_event(2, "on_call_lead"), click)
+        await run.raise_event(vote_event(2, "on_call_lead"), click)  # Teams retried; the bot raised again
+        assert (await run.instance()).status == "Running"
+        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "approved" and len(output["approvals"]) == 2
+    assert [k for k in kinds(run) if k[0] == "approval.vote"] == [("approval.vote", "counted")] * 3
+
+
+def test_an_event_buffered_before_the_wait_is_taken_when_the_wait_begins() -> None:
+    async def steps(run: StepReplay) -> Any:
+        # Both approvals arrive while the responder's confirmation is still awaited (cards not yet out).
+        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        await confirmed(run)
+        return await run.output()
+
+    _run, output = drive(steps, script())
+    assert output["outcome"] == "approved"
+
+
+def test_the_responder_disowning_the_request_denies_it() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.raise_event(vote_event(1, "responder"), vote(1, "responder", ALEX, "deny"))
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "denied" and "not theirs" in output["reason"]
+    assert len(run.inputs(activities.OPEN_ROUND)) == 1  # no approver was asked
+
+
+def test_only_the_responder_can_confirm() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.raise_event(vote_event(1, "responder"), vote(1, "responder", LEE, "confirm"))
+        await run.raise_event(vote_event(2, "responder"), vote(2, "responder", ALEX, "confirm"))
+        await run.raise_event(vote_event(3, "on_call_lead"), vote(3, "on_call_lead", LEE))
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator", confirm=True))
+    assert output["outcome"] == "approved"
+    assert ("approval.vote", "refused") in kinds(run)
+    assert [c["purpose"] for c in run.inputs(activities.OPEN_ROUND)] == ["confirm", "confirm", "approve"]
+
+
+def test_outside_a_major_incident_a_standard_role_needs_one_on_call_lead() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE))
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"))
+    assert output["outcome"] == "approved" and output["path"] == "single"
+    assert [s["name"] for s in run.inputs(activities.OPEN_ROUND)[0]["stages"]] == ["on_call_lead"]
+
+
+def test_during_a_major_incident_a_standard_role_is_approved_by_rule_with_a_review_card() -> None:
+    async def steps(run: StepReplay) -> Any:
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"), major_incident=True)
+    assert output["outcome"] == "approved" and output["path"] == "major_incident_rule"
+    assert output["review"]["purpose"] == "review" and output["review"]["instance_id"] == "parent-1"
+    assert [s["name"] for s in output["review"]["stages"]] == ["iam_duty_manager"]
+    assert ("approval.rule", "approved") in kinds(run)
+    assert run.timers() == []  # nothing waits here: the parent waits for the review
