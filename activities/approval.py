@@ -26,6 +26,8 @@ POST_CARD = "post_approval_card"
 UPDATE_CARDS = "update_approval_cards"
 REMIND_STAGE = "remind_approval_stage"
 CLOSE_ROUND = "close_approval_round"
+LOAD_VOTE = "load_approval_vote"
+CLOSE_OPEN_ROUNDS = "close_open_approval_rounds"
 
 bp = df.Blueprint()
 
@@ -38,21 +40,28 @@ async def plan(payload: dict[str, Any]) -> dict[str, Any]:
     role = policy.role(request.role)
     major = bool(payload.get("majorIncident"))
     chosen: ApprovalPlan = plan_approval(role, policy, major)
-    opener_id, call = "", None
-    if request.opener.email:
+    # The opener may not approve: find their Entra identity by each identifier the ITSM gives (exact match
+    # only). Whatever is found, the opener is also recognised by their ITSM name and mail.
+    opener_id, call, lookup = "", None, "no identifier the directory can match"
+    identifiers = (request.opener.email, request.opener.user_name)
+    for identifier in dict.fromkeys(n for n in identifiers if n and "@" in n):
         try:
-            found = await directory().find_user(request.opener.email)
-        except (DirectoryError, ValueError) as error:
-            if isinstance(error, DirectoryError) and error.transient:
+            found = await directory().find_user(identifier)
+        except DirectoryError as error:
+            if error.transient:
                 raise
-            # No single exact match: the opener is still recognised by their ITSM name and mail.
-        else:
-            call = found.call.__dict__
-            opener_id = found.value.id if found.value else ""
+            lookup = f"{identifier}: {error}"
+            continue
+        call = found.call.__dict__
+        if found.value is not None:
+            opener_id, lookup = found.value.id, f"matched {identifier}"
+            break
+        lookup = f"no Entra user has the UPN or mail {identifier}"
     return {
         "plan": chosen.to_json(),
         "openerId": opener_id,
         "openerNames": [n for n in (request.opener.email, request.opener.user_name) if n],
+        "openerLookup": lookup,
         "summary": request_summary(request, role, payload.get("checks", [])),
         "dueSeconds": policy.timings.approval_due.total_seconds(),
         "reminderSeconds": policy.timings.approval_reminder.total_seconds(),
@@ -126,13 +135,31 @@ async def remind(payload: dict[str, Any]) -> dict[str, Any]:
     if stage is None:
         raise ValueError(f"round {round_.round} of {round_.request_id} has no stage {payload['stage']!r}")
     book = approval_book()
-    if await asyncio.to_thread(book.reminder_sent, round_.request_id, round_.round, stage.name):
-        return {"sent": False}
     record = await asyncio.to_thread(book.card, round_.request_id, round_.purpose, stage.name)
     if record is None:
         return {"sent": False}
-    await bot_connector().reply_text(record.conversation_id, record.activity_id, reminder_text(round_, stage))
-    await asyncio.to_thread(
-        book.record_reminder, round_.request_id, round_.round, stage.name, datetime.now(UTC)
+    claimed = await asyncio.to_thread(
+        book.claim_reminder, round_.request_id, round_.round, stage.name, datetime.now(UTC)
     )
+    if not claimed:
+        return {"sent": False}
+    await bot_connector().reply_text(record.conversation_id, record.activity_id, reminder_text(round_, stage))
     return {"sent": True, "conversationId": record.conversation_id}
+
+
+@bp.activity_trigger(input_name="payload", activity=LOAD_VOTE)
+def load_vote(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored vote a stage's event announces: the vote row, not the event's payload, is what counts."""
+    vote = approval_book().vote(payload["requestId"], int(payload["round"]), payload["stage"])
+    return vote.to_json() if vote is not None else None
+
+
+@bp.activity_trigger(input_name="request_id", activity=CLOSE_OPEN_ROUNDS)
+def close_open_rounds(request_id: str) -> list[int]:
+    """A request that stopped (an activity failed for good) leaves no card that still takes clicks."""
+    book = approval_book()
+    closed = []
+    for round_ in book.open_rounds(request_id):
+        book.close_round(request_id, round_.round, "stopped")
+        closed.append(round_.round)
+    return closed

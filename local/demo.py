@@ -112,7 +112,9 @@ def _audit_timeline(client: httpx.Client, request_id: str) -> tuple[list[str], b
     lines = []
     for row in audit["rows"]:
         detail = row["detail"]
-        said = detail.get("reason") or detail.get("state") or detail.get("stage") or ""
+        said = detail.get("reason") or detail.get("stage") or ""
+        if detail.get("state"):
+            said = f"{detail['state']}" + (f": {said}" if said else "")
         who = f" [{row['actor_upn']}]" if row.get("actor_upn") else ""
         lines.append(f"  #{row['seq']:<2} {row['time'][11:23]}  {row['kind']:<24} {row['outcome']:<8} "
                      f"{str(said)[:90]}{who}")  # fmt: skip

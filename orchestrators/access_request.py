@@ -23,6 +23,7 @@ from activities.access_request import (
     VALIDATE_RESPONDER,
     VALIDATE_ROLE,
 )
+from activities.approval import CLOSE_OPEN_ROUNDS
 from orchestrators.approval import APPROVAL_ORCHESTRATOR, approval_instance_id, await_review
 from orchestrators.flow import RETRY, WORKFLOW_VERSION, RequestFlow, Steps
 from shared.approvals import ApprovalRound
@@ -88,6 +89,8 @@ def access_request(context: df.DurableOrchestrationContext) -> Steps:
         # diagnostics comes with the escalation stage.
         reason = f"the request stopped: {str(error).splitlines()[0][:500]}"
         yield from flow.resync()  # a failed sub-orchestration may have written rows we did not count
+        with contextlib.suppress(Exception):  # best effort: no card of a stopped request takes clicks
+            yield context.call_activity_with_retry(CLOSE_OPEN_ROUNDS, RETRY, flow.request_id)
         yield from flow.set_state("failed", reason)
         with contextlib.suppress(Exception):  # best effort: the ticket may be what failed
             yield from flow.ticket(f"The emergency access request stopped and needs IAM: {reason}")

@@ -21,7 +21,15 @@ from typing import Any
 
 import azure.durable_functions as df
 
-from activities.approval import CLOSE_ROUND, OPEN_ROUND, PLAN_APPROVAL, POST_CARD, REMIND_STAGE, UPDATE_CARDS
+from activities.approval import (
+    CLOSE_ROUND,
+    LOAD_VOTE,
+    OPEN_ROUND,
+    PLAN_APPROVAL,
+    POST_CARD,
+    REMIND_STAGE,
+    UPDATE_CARDS,
+)
 from orchestrators.flow import RETRY, RequestFlow, Steps
 from shared.approvals import (
     RESPONDER_STAGE,
@@ -60,15 +68,20 @@ class Decision:
 class Rounds:
     """Opens rounds and waits for them; holds what every round of this request shares."""
 
+    # A round is reopened only when a refused vote used up a stage's event name, which the bot's own checks
+    # make a rare race; past this many reopenings the decision expires rather than loop.
+    MAX_REOPENINGS = 3
+
     def __init__(self, flow: RequestFlow, start: dict[str, Any], planned: dict[str, Any]) -> None:
         self.flow = flow
         self.context = flow.context
         now = self.context.current_utc_datetime
         self.due_at: datetime = now + timedelta(seconds=planned["dueSeconds"])
-        self.remind_at: datetime = now + timedelta(seconds=planned["reminderSeconds"])
+        # The reminder comes at the same fraction of each decision's remaining time (half, by default), so
+        # approvers asked after a late confirmation still get theirs, and never at once.
+        self.reminder_fraction: float = planned["reminderSeconds"] / planned["dueSeconds"]
         self.review_seconds: float = planned["reviewSeconds"]
         self.round_no: int = int(start.get("round", 0))
-        self.reminded = False
         self.responder_id: str = start["responder"]["userId"]
         self.responder_upn: str = start["responder"]["upn"]
         self.opener_id: str = planned["openerId"]
@@ -78,18 +91,20 @@ class Rounds:
 
     def open(self, purpose: Purpose, stages: tuple[Stage, ...], due_at: datetime, instance_id: str,
              carried: dict[str, Vote] | None = None) -> Steps:  # fmt: skip
-        """Open a round: its row (what the bot checks clicks against), then one card per stage."""
+        """Open a round: its row (what the bot checks clicks against), then a card for each stage that has
+        not answered (posted the first time, updated in place with the new nonce after that)."""
         self.round_no += 1
+        carried = carried or {}
         round_ = ApprovalRound(
             request_id=self.flow.request_id, round=self.round_no, purpose=purpose,
             nonce=str(self.context.new_uuid()), instance_id=instance_id, stages=stages,
             opened_at=self.context.current_utc_datetime, due_at=due_at, responder_id=self.responder_id,
             responder_upn=self.responder_upn, opener_id=self.opener_id, opener_names=self.opener_names,
-            summary=self.summary,
+            summary=self.summary, carried=tuple(carried.values()),
         )  # fmt: skip
         yield self.context.call_activity_with_retry(OPEN_ROUND, RETRY, round_.to_json())
-        counted = [v.to_json() for v in (carried or {}).values()]
-        for stage in stages:
+        counted = [v.to_json() for v in carried.values()]
+        for stage in (s for s in stages if s.name not in carried):
             posted = yield self.context.call_activity_with_retry(
                 POST_CARD, RETRY, {"round": round_.to_json(), "stage": stage.name, "counted": counted}
             )
@@ -108,32 +123,42 @@ class Rounds:
         waiting_for = "awaiting_confirmation" if purpose == "confirm" else "awaiting_approval"
         yield from self.flow.set_state(waiting_for, f"waiting for {_stage_names(stages)} until "
                                        f"{self.due_at:%H:%M:%S} UTC")  # fmt: skip
-        carried: dict[str, Vote] = {}
+        remind_at = round_.opened_at + (self.due_at - round_.opened_at) * self.reminder_fraction
+        reminded = False
+        reopenings = 0
         votes: list[Vote] = []
         consumed: set[str] = set()
         while True:
-            count = count_votes(round_, votes, carried)
+            count = count_votes(round_, votes)
             if count.outcome != "pending":
                 decision = Decision(count.outcome, round_, count.counted)
                 break
             waiting = [s for s in stages if s.name not in count.counted]
             listening = [s for s in waiting if vote_event(round_.round, s.name) not in consumed]
             if not listening:
-                carried = dict(count.counted)
-                round_ = yield from self.open(purpose, tuple(waiting), self.due_at, self.context.instance_id,
-                                              carried)  # fmt: skip
+                # Every waiting stage's event name is used up by refused votes: a new round for them.
+                if self.context.current_utc_datetime >= self.due_at or reopenings >= self.MAX_REOPENINGS:
+                    decision = Decision("expired", round_, count.counted)
+                    break
+                reopenings += 1
+                yield self.context.call_activity_with_retry(
+                    CLOSE_ROUND, RETRY,
+                    {"requestId": round_.request_id, "round": round_.round, "outcome": "superseded"},
+                )  # fmt: skip
+                round_ = yield from self.open(purpose, stages, self.due_at, self.context.instance_id,
+                                              dict(count.counted))  # fmt: skip
                 votes, consumed = [], set()
                 continue
             self._show_progress(round_, count.counted, waiting)
-            reminding = not self.reminded and self.remind_at < self.due_at
-            timer = self.context.create_timer(self.remind_at if reminding else self.due_at)
+            reminding = not reminded and remind_at < self.due_at
+            timer = self.context.create_timer(remind_at if reminding else self.due_at)
             events = [
                 self.context.wait_for_external_event(vote_event(round_.round, s.name)) for s in listening
             ]
             winner = yield self.context.task_any([*events, timer])
             if winner is timer:
                 if reminding:
-                    self.reminded = True
+                    reminded = True
                     yield from self._remind(round_, waiting)
                     continue
                 decision = Decision("expired", round_, count.counted)
@@ -141,11 +166,32 @@ class Rounds:
             timer.cancel()
             stage = listening[events.index(winner)]
             consumed.add(vote_event(round_.round, stage.name))
-            vote = Vote.from_json(winner.result)
+            vote = yield from self._load_vote(round_, stage)
+            if vote is None:
+                continue
             votes.append(vote)
-            yield from self._record_vote(round_, vote, count_votes(round_, votes, carried))
+            yield from self._record_vote(round_, vote, count_votes(round_, votes))
         yield from self._close(decision)
         return decision
+
+    def _load_vote(self, round_: ApprovalRound, stage: Stage) -> Steps:
+        """The stage's stored vote (the event only announces it), or None, recorded, when there is none or
+        it came after the due time."""
+        stored = yield self.context.call_activity_with_retry(
+            LOAD_VOTE, RETRY, {"requestId": round_.request_id, "round": round_.round, "stage": stage.name}
+        )
+        reason = ""
+        if stored is None:
+            reason = "an event announced a vote that the store does not hold"
+        elif Vote.from_json(stored).at >= round_.due_at:
+            reason = "the vote is dated after the due time"
+        if reason:
+            yield from self.flow.record(
+                "approval.vote", "refused", {"round": round_.round, "stage": stage.name, "reason": reason},
+                role=self.flow.request.role,
+            )  # fmt: skip
+            return None
+        return Vote.from_json(stored)
 
     def _show_progress(self, round_: ApprovalRound, counted: dict[str, Vote], waiting: list[Stage]) -> None:
         self.context.set_custom_status({
@@ -222,7 +268,7 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
         "approval.planned", "recorded",
         {"path": plan.path, "reason": plan.reason, "confirm": plan.confirm,
          "stages": [s.name for s in plan.stages], "review": plan.review.name if plan.review else None,
-         "dueAt": rounds.due_at.isoformat(), "reminderAt": rounds.remind_at.isoformat(),
+         "dueAt": rounds.due_at.isoformat(), "reminderFraction": rounds.reminder_fraction,
          "openerId": rounds.opener_id},
         role=flow.request.role, graph=planned.get("graph"),
     )  # fmt: skip
@@ -273,25 +319,35 @@ def await_review(flow: RequestFlow, review: ApprovalRound) -> Steps:
     timer = context.create_timer(review.due_at)
     event = context.wait_for_external_event(vote_event(review.round, stage.name))
     winner = yield context.task_any([event, timer])
-    if winner is timer:
-        counted: dict[str, Vote] = {}
-        outcome = "unreviewed"
-    else:
+    counted: dict[str, Vote] = {}
+    outcome = "unreviewed"
+    if winner is not timer:
         timer.cancel()
-        vote = Vote.from_json(event.result)
-        counted = {stage.name: vote}
-        outcome = "confirmed" if vote.verb == "approve" else "concern"
-        yield from flow.record(
-            "approval.review", outcome,
-            {"round": review.round, "stage": stage.name, "verb": vote.verb, "at": vote.at.isoformat(),
-             "voteId": vote.vote_id},
-            role=flow.request.role, actor_id=vote.approver_id, actor_upn=vote.approver_upn,
-        )  # fmt: skip
-        line = decision_line(vote, stage)
-        if outcome == "concern":
-            yield from flow.ticket(f"Post-facto review: {line}: IAM raised a concern about this access.")
+        stored = yield context.call_activity_with_retry(
+            LOAD_VOTE, RETRY, {"requestId": review.request_id, "round": review.round, "stage": stage.name}
+        )
+        vote = Vote.from_json(stored) if stored else None
+        count = count_votes(review, [vote]) if vote else None
+        if vote is None or count is None or count.refused or vote.at >= review.due_at:
+            reason = (
+                count.refused[0][1] if count and count.refused else "no stored review before the due time"
+            )
+            yield from flow.record("approval.review", "refused", {"round": review.round, "reason": reason},
+                                   role=flow.request.role)  # fmt: skip
         else:
-            yield from flow.ticket(f"Post-facto review: {line}: the rule approval was right.")
+            counted = {stage.name: vote}
+            outcome = "confirmed" if vote.verb == "approve" else "concern"
+            yield from flow.record(
+                "approval.review", outcome,
+                {"round": review.round, "stage": stage.name, "verb": vote.verb, "at": vote.at.isoformat(),
+                 "voteId": vote.vote_id},
+                role=flow.request.role, actor_id=vote.approver_id, actor_upn=vote.approver_upn,
+            )  # fmt: skip
+            line = decision_line(vote, stage)
+            if outcome == "concern":
+                yield from flow.ticket(f"Post-facto review: {line}: IAM raised a concern about this access.")
+            else:
+                yield from flow.ticket(f"Post-facto review: {line}: the rule approval was right.")
     yield context.call_activity_with_retry(
         CLOSE_ROUND, RETRY, {"requestId": review.request_id, "round": review.round, "outcome": outcome}
     )

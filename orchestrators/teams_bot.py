@@ -17,25 +17,29 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared.approvals import VERBS, ApprovalBook, ApprovalRound, Stage, Vote, stage_refusal, vote_event
+from shared.approvals import VERBS, ApprovalRound, Stage, Vote, stage_refusal, vote_event
 from shared.audit import AuditEntry, security_chain
-from shared.bot_auth import BotAuthError, BotKeysUnavailableError, BotTokenValidator
+from shared.bot_auth import BotAuthError, BotKeysUnavailableError
 from shared.cards import round_card
 from shared.configuration import load_configuration
-from shared.directory import EntraDirectory
+from shared.directory import DirectoryUser, Traced
 from shared.services import approval_book, audit_ledger, bot_token_validator, directory
 
 CARD_RESPONSE_TYPE = "application/vnd.microsoft.card.adaptive"
 ERROR_RESPONSE_TYPE = "application/vnd.microsoft.error"
+# Request ids are Durable instance ids we build (shared.intake.instance_id): anything else is refused before
+# it reaches a Table Storage key.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 bp = df.Blueprint()
@@ -65,12 +69,32 @@ def _refuse(status: int, code: str, message: str, **detail: Any) -> InvokeAnswer
 RaiseVote = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 
+class TokenValidator(Protocol):
+    def validate(self, authorization_header: str | None, service_url: str) -> Any: ...
+
+
+class Ballots(Protocol):
+    """The part of shared.approvals.ApprovalBook the bot uses."""
+
+    def get_round(self, request_id: str, round_no: int) -> ApprovalRound | None: ...
+    def votes(self, request_id: str, round_no: int) -> list[tuple[Vote, bool]]: ...
+    def add_vote(self, vote: Vote) -> tuple[Vote, bool]: ...
+    def mark_raised(self, vote: Vote) -> None: ...
+
+
+class Approvers(Protocol):
+    """The part of shared.directory.EntraDirectory the bot uses."""
+
+    async def get_user(self, user_id: str) -> Traced[DirectoryUser | None]: ...
+    async def member_groups(self, user_id: str, group_ids: list[str]) -> Traced[frozenset[str]]: ...
+
+
 class ApprovalInvokes:
     """The click-to-vote checks, with the adapters passed in (tests use fakes for the pure unit tests and
     the real ones end to end)."""
 
-    def __init__(self, validator: BotTokenValidator, book: ApprovalBook, entra: EntraDirectory,
-                 tenant_id: str, raise_vote: RaiseVote) -> None:  # fmt: skip
+    def __init__(self, validator: TokenValidator, book: Ballots, entra: Approvers, tenant_id: str,
+                 raise_vote: RaiseVote) -> None:  # fmt: skip
         self._validator = validator
         self._book = book
         self._entra = entra
@@ -106,8 +130,8 @@ class ApprovalInvokes:
         request_id, round_no, nonce, stage_name = (
             data.get(k) for k in ("requestId", "round", "nonce", "stage")
         )
-        if not (isinstance(request_id, str) and isinstance(round_no, int) and isinstance(nonce, str)
-                and isinstance(stage_name, str)) or len(request_id) > 200:  # fmt: skip
+        if not (isinstance(request_id, str) and _REQUEST_ID.match(request_id) and isinstance(round_no, int)
+                and isinstance(nonce, str) and isinstance(stage_name, str)):  # fmt: skip
             reason = "the card's data does not name a request, round, nonce and stage"
             return _refuse(400, "bad_action", reason, user=user_id)
         where = {
@@ -126,7 +150,8 @@ class ApprovalInvokes:
         if stage is None:
             return _refuse(403, "stale_card", f"the round has no stage {stage_name!r}", **where)
         stored_votes = await asyncio.to_thread(self._book.votes, request_id, round_no)
-        votes = [v for v, _ in stored_votes]
+        # This round's answers and those carried from earlier rounds of the same decision.
+        votes = [*round_.carried, *(v for v, _ in stored_votes)]
         mine = next(((v, raised) for v, raised in stored_votes
                      if v.stage == stage.name and v.approver_id == user_id), None)  # fmt: skip
         if mine is not None:  # Teams retries invokes: the same click gets the same answer, counted once
@@ -166,14 +191,19 @@ class ApprovalInvokes:
                            f"({taken.approver_upn})", **where)  # fmt: skip
         vote = Vote(request_id, round_no, stage.name, user_id, person.user_principal_name,
                     person.display_name, verb, now)  # fmt: skip
-        stored, _new = await asyncio.to_thread(self._book.add_vote, vote)
+        stored, new = await asyncio.to_thread(self._book.add_vote, vote)
+        if not new and stored.approver_id != user_id:  # someone else's click on this card came first
+            return _refuse(403, "stage_decided", f"{stage.display_name} already answered "
+                           f"({stored.approver_upn})", **where)  # fmt: skip
         await self._deliver(round_, stored)
         return self._answer(round_, stage, [*votes, stored], where)
 
     async def _deliver(self, round_: ApprovalRound, vote: Vote) -> None:
         # Raised again for a replayed click whose first delivery did not finish: a stage's event name is
         # consumed once, so a second delivery is never counted twice.
-        await self._raise_vote(round_.instance_id, vote_event(round_.round, vote.stage), vote.to_json())
+        # The event only announces the vote: the orchestration reads the stored row, which is what counts.
+        announcement = {"voteId": vote.vote_id, "round": vote.round, "stage": vote.stage}
+        await self._raise_vote(round_.instance_id, vote_event(round_.round, vote.stage), announcement)
         await asyncio.to_thread(self._book.mark_raised, vote)
 
     def _answer(self, round_: ApprovalRound, stage: Stage, votes: list[Vote], where: dict[str, Any],
@@ -221,7 +251,11 @@ async def messages(req: func.HttpRequest, client: df.DurableOrchestrationClient)
 
             invokes = ApprovalInvokes(bot_token_validator(), approval_book(), directory(),
                                       configuration.settings.tenant_id, raise_vote)  # fmt: skip
-            answer = await invokes.handle(req.headers.get("authorization"), activity, now)
+            try:
+                answer = await invokes.handle(req.headers.get("authorization"), activity, now)
+            except Exception as error:  # Graph, Table Storage or the task hub failed: Teams may retry
+                logging.exception("the approval click could not be handled")
+                answer = _refuse(503, "error", f"the click could not be handled now: {type(error).__name__}")
     if answer.refusal:
         entry = AuditEntry(kind=f"bot.{answer.refusal}", outcome=answer.outcome, time=now,
                            actor_id=str((answer.detail or {}).get("user", "")),

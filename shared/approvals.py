@@ -152,15 +152,23 @@ class ApprovalRound:
     summary: dict[str, Any] = field(default_factory=dict)  # what the cards show (ticket, role, checks...)
     status: Literal["open", "closed"] = "open"
     outcome: str = ""
+    # Answers counted in earlier rounds of the same decision (a round reopened for the stages still
+    # waiting): those stages are decided, and those people have answered.
+    carried: tuple[Vote, ...] = ()
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def carried_by_stage(self) -> dict[str, Vote]:
+        return {v.stage: v for v in self.carried}
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["opened_at"] = self.opened_at.isoformat()
         data["due_at"] = self.due_at.isoformat()
         data["opener_names"] = list(self.opener_names)
+        data["carried"] = [v.to_json() for v in self.carried]
         return data
 
     @staticmethod
@@ -181,6 +189,7 @@ class ApprovalRound:
             summary=dict(data.get("summary") or {}),
             status=data.get("status", "open"),
             outcome=data.get("outcome", ""),
+            carried=tuple(Vote.from_json(v) for v in data.get("carried", [])),
         )
 
 
@@ -257,15 +266,13 @@ class RoundCount:
         return next((v for v in self.counted.values() if v.verb == "deny"), None)
 
 
-def count_votes(
-    round_: ApprovalRound, votes: list[Vote], carried: dict[str, Vote] | None = None
-) -> RoundCount:
+def count_votes(round_: ApprovalRound, votes: list[Vote]) -> RoundCount:
     """Count ``votes`` in arrival order: the first acceptable vote of each stage counts; a vote from a person
     who already counted at another stage is refused (two stages, two people); any counted deny decides.
 
-    ``carried``: stages decided in an earlier round of the same decision (a round reopened for the stages
-    still waiting); they count towards the outcome and towards the two-people rule."""
-    counted: dict[str, Vote] = dict(carried or {})
+    The round's ``carried`` answers (from earlier rounds of the same decision) count towards the outcome and
+    towards the two-people rule."""
+    counted: dict[str, Vote] = round_.carried_by_stage
     refused: list[tuple[Vote, str]] = []
     seen: set[str] = set()
     for vote in votes:
@@ -333,8 +340,10 @@ def _round_key(round_no: int) -> str:
     return f"round-{round_no:04d}"
 
 
-def _vote_key(round_no: int, stage: str, approver_id: str) -> str:
-    return f"{_round_key(round_no)}:vote:{stage}:{approver_id.lower()}"
+def _vote_key(round_no: int, stage: str) -> str:
+    # One vote per stage and round, enforced by the store: of two people clicking the same card at once,
+    # the second finds the first's row (and is told who answered), so no answer is ever silently lost.
+    return f"{_round_key(round_no)}:vote:{stage}"
 
 
 def _card_key(purpose: str, stage: str) -> str:
@@ -395,9 +404,9 @@ class ApprovalBook:
     # votes
 
     def add_vote(self, vote: Vote) -> tuple[Vote, bool]:
-        """Write the vote row; (the stored vote, True) when new, (the earlier vote, False) when this person
-        already voted at this stage of this round (a replayed click)."""
-        row_key = _vote_key(vote.round, vote.stage, vote.approver_id)
+        """Write the stage's vote row; (the stored vote, True) when new, (the vote already there, False) when
+        the stage of this round has one: this person's earlier click, or someone else's that came first."""
+        row_key = _vote_key(vote.round, vote.stage)
         entity = {
             "PartitionKey": vote.request_id,
             "RowKey": row_key,
@@ -421,28 +430,41 @@ class ApprovalBook:
         found = [(Vote.from_json(json.loads(str(r["Vote"]))), bool(r.get("Raised"))) for r in rows]
         return sorted(found, key=lambda pair: pair[0].at)
 
+    def vote(self, request_id: str, round_no: int, stage: str) -> Vote | None:
+        try:
+            entity = self._table.get_entity(request_id, _vote_key(round_no, stage))
+        except ResourceNotFoundError:
+            return None
+        return Vote.from_json(json.loads(str(entity["Vote"])))
+
+    def open_rounds(self, request_id: str) -> list[ApprovalRound]:
+        rows = self._table.query_entities(
+            "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi",
+            parameters={"p": request_id, "lo": "round-", "hi": "round-~"},
+        )
+        rounds = [ApprovalRound.from_json(json.loads(str(r["Round"]))) for r in rows if "Round" in r]
+        return [r for r in rounds if r.status == "open"]
+
     def mark_raised(self, vote: Vote) -> None:
         self._table.update_entity(
-            {"PartitionKey": vote.request_id, "RowKey": _vote_key(vote.round, vote.stage, vote.approver_id),
+            {"PartitionKey": vote.request_id, "RowKey": _vote_key(vote.round, vote.stage),
              "Raised": True},
             mode=UpdateMode.MERGE,
         )  # fmt: skip
 
-    # reminders (at most one per stage and round, even when the activity that sends it is retried)
+    # reminders: at most one per stage and round, even when the activity that sends it is retried (the claim
+    # comes before the post: a reminder lost to a crash is better than approver spam)
 
-    def reminder_sent(self, request_id: str, round_no: int, stage: str) -> bool:
+    def claim_reminder(self, request_id: str, round_no: int, stage: str, at: datetime) -> bool:
+        """True for the first claim of this stage's reminder, False ever after."""
         try:
-            self._table.get_entity(request_id, f"{_round_key(round_no)}:reminder:{stage}")
-        except ResourceNotFoundError:
-            return False
-        return True
-
-    def record_reminder(self, request_id: str, round_no: int, stage: str, sent_at: datetime) -> None:
-        with contextlib.suppress(ResourceExistsError):
             self._table.create_entity(
                 {"PartitionKey": request_id, "RowKey": f"{_round_key(round_no)}:reminder:{stage}",
-                 "SentAt": sent_at.isoformat()}
+                 "ClaimedAt": at.isoformat()}
             )  # fmt: skip
+        except ResourceExistsError:
+            return False
+        return True
 
     # cards
 

@@ -36,6 +36,7 @@ from local.simulators.bot_tokens import KEYS_PATH
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from local.stack import DevhostProcess
+from shared.approvals import ApprovalBook, Vote
 from shared.audit import AuditLedger, security_chain
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
@@ -150,6 +151,25 @@ def votes(host: DevhostProcess, request_id: str) -> list[tuple[str, str]]:
             if step["step"] == "approval.vote"]  # fmt: skip
 
 
+def counted(
+    host: DevhostProcess, request_id: str, user_id: str, timeout: float = 30
+) -> list[tuple[str, str]]:
+    """The request's votes once ``user_id``'s has been counted (the orchestration reads it from the store)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = votes(host, request_id)
+        if ("counted", user_id) in found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no counted vote by {user_id} on {request_id}\n{host.log_tail()}")
+
+
+def stored_votes(azurite: Azurite, request_id: str, round_no: int) -> list[Vote]:
+    """The vote rows the bot wrote (it writes them before answering, so none means none was accepted)."""
+    with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+        return [vote for vote, _ in ApprovalBook(service).votes(request_id, round_no)]
+
+
 def security_kinds(azurite: Azurite, since: int) -> list[str]:
     with TableServiceClient.from_connection_string(azurite.connection_string) as service:
         ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
@@ -202,7 +222,8 @@ def test_global_administrator_is_approved_only_after_two_clicks_by_two_people_fr
     assert lead["conversationId"] == POLICY.approver_groups["on_call_lead"].teams_conversation_id
     first = click_card(sim, host.url, lead, people["lee"], "approve")
     assert first["status"] == 200 and first["body"]["type"] == "application/vnd.microsoft.card.adaptive"
-    assert wait_for(host, request_id, ("awaiting_approval",))["state"] == "awaiting_approval"
+    counted(host, request_id, people["lee"]["id"])
+    assert status(host, request_id)["state"] == "awaiting_approval"  # one approval is not enough
     assert click_card(sim, host.url, iam, people["ivy"], "approve")["status"] == 200
 
     body = wait_for(host, request_id, ("approved", "denied", "expired"))
@@ -324,7 +345,7 @@ def _forged(sims: SimulatorProcess, kind: str, service_url: str) -> str:
         ({"as": "alex"}, 403, "bot.not_allowed"),
         ({"as": "sam"}, 403, "bot.not_allowed"),
         ({"data": {"nonce": "00000000-0000-4000-8000-000000000000"}}, 403, "bot.stale_card"),
-        ({"data": {"requestId": "servicenow-INC0000000-29232cdf-g1"}}, 403, "bot.stale_card"),
+        ({"another_request": True}, 403, "bot.stale_card"),
     ],
     ids=["no token", "another key", "alg none", "HS256 with the public key", "wrong audience", "wrong issuer",
          "expired", "not yet valid", "serviceurl mismatch", "key not endorsed", "wrong tenant",
@@ -341,9 +362,15 @@ def test_a_refused_click_counts_no_vote_and_is_recorded(
     forge = options.pop("forge", None)
     if forge is not None:
         options["authorization"] = _forged(sim, forge, sim.url + "/teams")
+    if options.pop("another_request", False):
+        # A real, open request of the same ticket (another role): its round 1 exists, with its own nonce.
+        other = start(sim, host, world, access__role="Global Administrator")
+        card(host, other, "responder", "confirm")
+        options["data"] = {"requestId": other}
     answer = click_card(sim, host.url, lead, who, "approve", **options)
     assert answer["status"] == status_code, answer
     assert kind in security_kinds(azurite, before)
+    assert stored_votes(azurite, request_id, 1) == []
     assert votes(host, request_id) == []
     assert status(host, request_id)["state"] == "awaiting_approval"
     assert "actions" in activity(sim, lead)["card"]  # the card still waits
@@ -363,8 +390,8 @@ def test_the_same_person_cannot_approve_both_stages(
     second = click_card(sim, host.url, iam, bo, "approve")
     assert second["status"] == 403 and "different people" in second["body"]["value"]["message"]
     assert "bot.already_voted" in security_kinds(azurite, before)
-    time.sleep(0.5)
-    assert [v for v in votes(host, request_id) if v[1] == bo["id"]] == [("counted", bo["id"])]
+    assert [v.approver_id for v in stored_votes(azurite, request_id, 2)] == [bo["id"]]
+    assert [v for v in counted(host, request_id, bo["id"]) if v[1] == bo["id"]] == [("counted", bo["id"])]
     assert status(host, request_id)["state"] == "awaiting_approval"
 
 
@@ -384,8 +411,8 @@ def test_a_replayed_invoke_gets_the_same_answer_and_counts_once(
     assert again.status_code == 200
     assert again.json()["value"]["body"] == first["body"]["value"]["body"]
     assert "bot.invoke_replayed" in security_kinds(azurite, before)
-    time.sleep(0.5)
-    assert [v for v in votes(host, request_id) if v[1] == bo["id"]] == [("counted", bo["id"])]
+    assert [v.approver_id for v in stored_votes(azurite, request_id, 2)] == [bo["id"]]
+    assert [v for v in counted(host, request_id, bo["id"]) if v[1] == bo["id"]] == [("counted", bo["id"])]
 
 
 def test_a_click_after_the_due_time_is_refused(

@@ -51,21 +51,34 @@ def test_closing_a_round_is_idempotent_and_keeps_the_first_outcome(book: Approva
     assert (again.status, again.outcome) == ("closed", "expired")
 
 
-def test_a_vote_is_create_only_per_person_stage_and_round(book: ApprovalBook) -> None:
+def test_a_stage_holds_one_vote_per_round_whoever_clicks_first(book: ApprovalBook) -> None:
     opened = book.open_round(new_round())
-    vote = Vote(opened.request_id, 1, "on_call_lead", "Lee-ID", "lee@contoso.test", "Lee", "approve", T0)
+    vote = Vote(opened.request_id, 1, "on_call_lead", "lee-id", "lee@contoso.test", "Lee", "approve", T0)
     stored, new = book.add_vote(vote)
     assert new and stored == vote
-    later = replace(vote, verb="deny", at=T0 + timedelta(seconds=5))
-    stored, new = book.add_vote(later)
-    assert not new and stored == vote  # the repeated click finds the first answer
-    other = replace(vote, approver_id="ivy-id", approver_upn="ivy@contoso.test", at=T0 + timedelta(seconds=1))
+    # The same person again (a repeated click), or another lead a moment later: both find Lee's vote.
+    for later in (
+        replace(vote, verb="deny"),
+        replace(vote, approver_id="lou-id", approver_upn="lou@contoso.test"),
+    ):
+        stored, new = book.add_vote(later)
+        assert not new and stored == vote
+    other = Vote(opened.request_id, 1, "iam_duty_manager", "ivy-id", "ivy@contoso.test", "Ivy", "deny",
+                 T0 + timedelta(seconds=1))  # fmt: skip
     book.add_vote(other)
     assert [(v.approver_id, raised) for v, raised in book.votes(opened.request_id, 1)] == [
-        ("Lee-ID", False), ("ivy-id", False)]  # fmt: skip
+        ("lee-id", False), ("ivy-id", False)]  # fmt: skip
     book.mark_raised(vote)
     assert [raised for _, raised in book.votes(opened.request_id, 1)] == [True, False]
-    assert book.votes(opened.request_id, 2) == []
+    assert book.vote(opened.request_id, 1, "iam_duty_manager") == other
+    assert book.votes(opened.request_id, 2) == [] and book.vote(opened.request_id, 2, "on_call_lead") is None
+
+
+def test_open_rounds_lists_the_rounds_not_yet_closed(book: ApprovalBook) -> None:
+    first = book.open_round(new_round())
+    second = book.open_round(replace(first, round=2, nonce="n2"))
+    book.close_round(first.request_id, 1, "superseded")
+    assert [r.round for r in book.open_rounds(first.request_id)] == [second.round]
 
 
 def test_one_card_and_one_reminder_per_party(book: ApprovalBook) -> None:
@@ -74,8 +87,6 @@ def test_one_card_and_one_reminder_per_party(book: ApprovalBook) -> None:
     book.record_card(opened.request_id, "approve", "on_call_lead", CardRecord("19:lead", "1"))
     book.record_card(opened.request_id, "approve", "on_call_lead", CardRecord("19:lead", "2"))
     assert book.card(opened.request_id, "approve", "on_call_lead") == CardRecord("19:lead", "1")
-    assert not book.reminder_sent(opened.request_id, 1, "on_call_lead")
-    book.record_reminder(opened.request_id, 1, "on_call_lead", T0)
-    book.record_reminder(opened.request_id, 1, "on_call_lead", T0)
-    assert book.reminder_sent(opened.request_id, 1, "on_call_lead")
-    assert not book.reminder_sent(opened.request_id, 2, "on_call_lead")
+    assert book.claim_reminder(opened.request_id, 1, "on_call_lead", T0)
+    assert not book.claim_reminder(opened.request_id, 1, "on_call_lead", T0)  # a retried activity
+    assert book.claim_reminder(opened.request_id, 2, "on_call_lead", T0)

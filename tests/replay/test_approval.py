@@ -60,8 +60,10 @@ def script(
                 "summary": {"ticket": "INC0012345"}, "dueSeconds": 900, "reminderSeconds": 450,
                 "reviewSeconds": 86400, "graph": None}  # fmt: skip
 
+    STORED.clear()
     chain: dict[str, Any] = {
         activities.PLAN_APPROVAL: plan,
+        activities.LOAD_VOTE: lambda p: STORED.get((p["round"], p["stage"])),
         activities.OPEN_ROUND: lambda payload: payload,
         activities.POST_CARD: lambda p: {"conversationId": f"c-{p['stage']}", "activityId": f"a-{p['stage']}",
                                          "new": p["round"]["round"] <= 2},
@@ -75,10 +77,22 @@ def script(
     return chain
 
 
-def vote(round_no: int, stage: str, approver: str, verb: str = "approve", upn: str = "") -> dict[str, Any]:
-    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-    return Vote(REQUEST_ID, round_no, stage, approver, upn or f"{approver[:4]}@contoso.test", "Someone",
-                verb, at).to_json()  # type: ignore[arg-type]  # fmt: skip
+STORED: dict[tuple[int, str], dict[str, Any]] = {}  # the Approvals table's vote rows, as the bot wrote them
+
+
+def vote(
+    round_no: int, stage: str, approver: str, verb: str = "approve", at: datetime | None = None
+) -> dict[str, Any]:
+    return Vote(REQUEST_ID, round_no, stage, approver, f"{approver[:4]}@contoso.test", "Someone", verb,  # type: ignore[arg-type]
+                at or datetime.now(UTC)).to_json()  # fmt: skip
+
+
+async def cast(run: StepReplay, round_no: int, stage: str, approver: str, verb: str = "approve",
+               settle: bool = True, at: datetime | None = None) -> None:  # fmt: skip
+    """What the bot does for an accepted click: the stage's vote row, then the event announcing it."""
+    stored = STORED.setdefault((round_no, stage), vote(round_no, stage, approver, verb, at))
+    announcement = {"voteId": stored["voteId"], "round": round_no, "stage": stage}
+    await run.raise_event(vote_event(round_no, stage), announcement, settle=settle)
 
 
 def drive(steps: Callable[[StepReplay], Coroutine[Any, Any, T]], activities_script: dict[str, Any],
@@ -100,15 +114,15 @@ def kinds(run: StepReplay) -> list[tuple[str, str]]:
 
 async def confirmed(run: StepReplay) -> None:
     """The responder confirms (round 1); the approvers' round is then round 2."""
-    await run.raise_event(vote_event(1, "responder"), vote(1, "responder", ALEX, "confirm"))
+    await cast(run, 1, "responder", ALEX, "confirm")
 
 
 def test_two_person_approval_needs_one_approval_from_each_group_by_two_people() -> None:
     async def steps(run: StepReplay) -> Any:
         await confirmed(run)
-        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        await cast(run, 2, "on_call_lead", LEE)
         assert (await run.instance()).status == "Running"  # one approval is not enough
-        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        await cast(run, 2, "iam_duty_manager", IVY)
         return await run.output()
 
     run, output = drive(steps, script())
@@ -130,10 +144,10 @@ def test_one_person_in_both_groups_counts_once_and_the_other_stage_gets_a_new_ro
     async def steps(run: StepReplay) -> Any:
         await confirmed(run)
         # Both of Lee's clicks reach the orchestration (a race the bot's own check could not see).
-        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
-        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", LEE))
+        await cast(run, 2, "on_call_lead", LEE)
+        await cast(run, 2, "iam_duty_manager", LEE)
         assert (await run.instance()).status == "Running"
-        await run.raise_event(vote_event(3, "iam_duty_manager"), vote(3, "iam_duty_manager", IVY))
+        await cast(run, 3, "iam_duty_manager", IVY)
         return await run.output()
 
     run, output = drive(steps, script())
@@ -141,7 +155,7 @@ def test_one_person_in_both_groups_counts_once_and_the_other_stage_gets_a_new_ro
     assert {a["id"] for a in output["approvals"]} == {LEE, IVY}
     assert ("approval.vote", "refused") in kinds(run)
     reopened = run.inputs(activities.OPEN_ROUND)[-1]
-    assert reopened["round"] == 3 and [s["name"] for s in reopened["stages"]] == ["iam_duty_manager"]
+    assert reopened["round"] == 3 and [v["stage"] for v in reopened["carried"]] == ["on_call_lead"]
     assert reopened["due_at"] == run.inputs(activities.OPEN_ROUND)[1]["due_at"]  # the same due time
     assert ("approval.card_updated", "recorded") in kinds(run)  # the same card, a new nonce
 
@@ -151,8 +165,8 @@ def test_a_vote_by_the_responder_or_the_opener_is_refused_by_the_orchestration_t
     approver: str, reason: str
 ) -> None:
     async def steps(run: StepReplay) -> Any:
-        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", approver))
-        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        await cast(run, 1, "on_call_lead", approver)
+        await cast(run, 2, "on_call_lead", LEE)
         return await run.output()
 
     run, output = drive(steps, script(role="Exchange Administrator"))
@@ -165,7 +179,7 @@ def test_a_vote_by_the_responder_or_the_opener_is_refused_by_the_orchestration_t
 def test_a_deny_ends_the_approval_at_once() -> None:
     async def steps(run: StepReplay) -> Any:
         await confirmed(run)
-        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY, "deny"))
+        await cast(run, 2, "iam_duty_manager", IVY, "deny")
         return await run.output()
 
     run, output = drive(steps, script())
@@ -177,7 +191,7 @@ def test_a_deny_ends_the_approval_at_once() -> None:
 def test_no_answer_expires_after_exactly_one_reminder_to_the_groups_that_did_not_answer() -> None:
     async def steps(run: StepReplay) -> Any:
         await confirmed(run)
-        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
+        await cast(run, 2, "on_call_lead", LEE)
         reminder_at = await run.fire_next()
         due_at = await run.fire_next()
         return reminder_at, due_at, await run.output()
@@ -187,7 +201,9 @@ def test_no_answer_expires_after_exactly_one_reminder_to_the_groups_that_did_not
     assert [p["stage"] for p in run.inputs(activities.REMIND_STAGE)] == ["iam_duty_manager"]
     delta = datetime.fromisoformat(due_at.replace("Z", "+00:00")) - datetime.fromisoformat(
         reminder_at.replace("Z", "+00:00"))  # fmt: skip
-    assert delta == timedelta(seconds=450)  # the reminder at half of the 15-minute due time
+    opened = datetime.fromisoformat(run.inputs(activities.OPEN_ROUND)[1]["opened_at"])
+    due = datetime.fromisoformat(run.inputs(activities.OPEN_ROUND)[1]["due_at"])
+    assert abs(delta - (due - opened) / 2) < timedelta(milliseconds=2)  # at half of the approvers' time
     assert run.inputs(activities.CLOSE_ROUND)[-1]["outcome"] == "expired"
     assert run.inputs(activities.UPDATE_CARDS)[-1]["status"] == "expired"
 
@@ -197,7 +213,7 @@ def test_a_click_processed_after_the_due_time_fired_does_not_count() -> None:
         await run.fire_next()  # the reminder
         # The due timer and a click arrive together; the timer is in the history first.
         await run.fire_next(settle=False)
-        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE), settle=False)
+        await cast(run, 1, "on_call_lead", LEE, settle=False)
         await run.settle()
         return await run.output()
 
@@ -210,7 +226,7 @@ def test_a_click_processed_before_the_due_time_fired_counts() -> None:
     async def steps(run: StepReplay) -> Any:
         await run.fire_next()  # the reminder
         pending = run.timers()
-        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE), settle=False)
+        await cast(run, 1, "on_call_lead", LEE, settle=False)
         await run.settle()
         return pending, await run.output()
 
@@ -222,11 +238,10 @@ def test_a_click_processed_before_the_due_time_fired_counts() -> None:
 def test_a_duplicate_event_for_the_same_click_is_counted_once() -> None:
     async def steps(run: StepReplay) -> Any:
         await confirmed(run)
-        click = vote(2, "on_call_lead", LEE)
-        await run.raise_event(vote_event(2, "on_call_lead"), click)
-        await run.raise_event(vote_event(2, "on_call_lead"), click)  # Teams retried; the bot raised again
+        await cast(run, 2, "on_call_lead", LEE)
+        await cast(run, 2, "on_call_lead", LEE)  # Teams retried the invoke; the bot raised the event again
         assert (await run.instance()).status == "Running"
-        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        await cast(run, 2, "iam_duty_manager", IVY)
         return await run.output()
 
     run, output = drive(steps, script())
@@ -237,8 +252,8 @@ def test_a_duplicate_event_for_the_same_click_is_counted_once() -> None:
 def test_an_event_buffered_before_the_wait_is_taken_when_the_wait_begins() -> None:
     async def steps(run: StepReplay) -> Any:
         # Both approvals arrive while the responder's confirmation is still awaited (cards not yet out).
-        await run.raise_event(vote_event(2, "on_call_lead"), vote(2, "on_call_lead", LEE))
-        await run.raise_event(vote_event(2, "iam_duty_manager"), vote(2, "iam_duty_manager", IVY))
+        await cast(run, 2, "on_call_lead", LEE)
+        await cast(run, 2, "iam_duty_manager", IVY)
         await confirmed(run)
         return await run.output()
 
@@ -248,7 +263,7 @@ def test_an_event_buffered_before_the_wait_is_taken_when_the_wait_begins() -> No
 
 def test_the_responder_disowning_the_request_denies_it() -> None:
     async def steps(run: StepReplay) -> Any:
-        await run.raise_event(vote_event(1, "responder"), vote(1, "responder", ALEX, "deny"))
+        await cast(run, 1, "responder", ALEX, "deny")
         return await run.output()
 
     run, output = drive(steps, script())
@@ -258,9 +273,9 @@ def test_the_responder_disowning_the_request_denies_it() -> None:
 
 def test_only_the_responder_can_confirm() -> None:
     async def steps(run: StepReplay) -> Any:
-        await run.raise_event(vote_event(1, "responder"), vote(1, "responder", LEE, "confirm"))
-        await run.raise_event(vote_event(2, "responder"), vote(2, "responder", ALEX, "confirm"))
-        await run.raise_event(vote_event(3, "on_call_lead"), vote(3, "on_call_lead", LEE))
+        await cast(run, 1, "responder", LEE, "confirm")
+        await cast(run, 2, "responder", ALEX, "confirm")
+        await cast(run, 3, "on_call_lead", LEE)
         return await run.output()
 
     run, output = drive(steps, script(role="Exchange Administrator", confirm=True))
@@ -271,7 +286,7 @@ def test_only_the_responder_can_confirm() -> None:
 
 def test_outside_a_major_incident_a_standard_role_needs_one_on_call_lead() -> None:
     async def steps(run: StepReplay) -> Any:
-        await run.raise_event(vote_event(1, "on_call_lead"), vote(1, "on_call_lead", LEE))
+        await cast(run, 1, "on_call_lead", LEE)
         return await run.output()
 
     run, output = drive(steps, script(role="Exchange Administrator"))
@@ -289,3 +304,76 @@ def test_during_a_major_incident_a_standard_role_is_approved_by_rule_with_a_revi
     assert [s["name"] for s in output["review"]["stages"]] == ["iam_duty_manager"]
     assert ("approval.rule", "approved") in kinds(run)
     assert run.timers() == []  # nothing waits here: the parent waits for the review
+
+
+def test_an_event_without_a_stored_vote_or_with_a_late_vote_is_refused_and_the_stage_reopened() -> None:
+    async def steps(run: StepReplay) -> Any:
+        # An event nobody's click wrote (raised by hand through the management API): nothing is stored.
+        await run.raise_event(
+            vote_event(1, "on_call_lead"), {"voteId": "forged", "round": 1, "stage": "on_call_lead"}
+        )
+        await cast(
+            run, 2, "on_call_lead", LEE, at=datetime(2099, 1, 1, tzinfo=UTC)
+        )  # dated after the due time
+        await cast(run, 3, "on_call_lead", LEE)
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"))
+    assert output["outcome"] == "approved" and len(output["approvals"]) == 1
+    reasons = [p["entry"]["detail"]["reason"] for p in run.inputs(request_activities.RECORD_AUDIT)
+               if p["entry"]["kind"] == "approval.vote" and p["entry"]["outcome"] == "refused"]  # fmt: skip
+    assert reasons == [
+        "an event announced a vote that the store does not hold",
+        "the vote is dated after the due time",
+    ]
+    assert [c["outcome"] for c in run.inputs(activities.CLOSE_ROUND)] == [
+        "superseded",
+        "superseded",
+        "approved",
+    ]
+
+
+def test_a_reopened_round_carries_the_counted_answer_and_still_refuses_the_same_person() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await confirmed(run)
+        await cast(run, 2, "on_call_lead", LEE)
+        await cast(run, 2, "iam_duty_manager", LEE)  # refused: round 3 for the IAM stage
+        await cast(run, 3, "iam_duty_manager", LEE)  # the same person again: refused again, round 4
+        await cast(run, 4, "iam_duty_manager", IVY)
+        return await run.output()
+
+    run, output = drive(steps, script())
+    assert output["outcome"] == "approved" and {a["id"] for a in output["approvals"]} == {LEE, IVY}
+    reopened = run.inputs(activities.OPEN_ROUND)[2]
+    assert [v["approver_id"] for v in reopened["carried"]] == [LEE]
+    assert [s["name"] for s in reopened["stages"]] == ["on_call_lead", "iam_duty_manager"]
+    assert [p["stage"] for p in run.inputs(activities.POST_CARD)][-2:] == [
+        "iam_duty_manager",
+        "iam_duty_manager",
+    ]
+
+
+def test_refused_answers_cannot_reopen_the_round_forever() -> None:
+    async def steps(run: StepReplay) -> Any:
+        for round_no in range(1, 1 + 1 + approval.Rounds.MAX_REOPENINGS):
+            await cast(run, round_no, "on_call_lead", ALEX)  # the responder, again and again
+        return await run.output()
+
+    run, output = drive(steps, script(role="Exchange Administrator"))
+    assert output["outcome"] == "expired"
+    assert len(run.inputs(activities.OPEN_ROUND)) == 1 + approval.Rounds.MAX_REOPENINGS
+
+
+def test_the_approvers_reminder_comes_at_half_of_the_time_left_after_a_late_confirmation() -> None:
+    async def steps(run: StepReplay) -> Any:
+        await run.fire_next()  # the responder's reminder
+        confirm_reminder = len(run.inputs(activities.REMIND_STAGE))
+        await confirmed(run)
+        await run.fire_next()  # the approvers' reminder (not skipped, not immediate)
+        return confirm_reminder, await run.instance()
+
+    run, (confirm_reminder, instance) = drive(steps, script())
+    assert confirm_reminder == 1
+    assert [p["stage"] for p in run.inputs(activities.REMIND_STAGE)] == [
+        "responder", "on_call_lead", "iam_duty_manager"]  # fmt: skip
+    assert instance.status == "Running"

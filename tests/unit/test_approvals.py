@@ -121,10 +121,10 @@ def test_a_deny_decides_and_a_vote_of_another_round_does_not_count() -> None:
 
 
 def test_votes_carried_from_an_earlier_round_count_for_the_outcome_and_the_two_people_rule() -> None:
-    reopened = a_round((IAM,), round=3)
-    carried = {"on_call_lead": a_vote("on_call_lead", LEE)}
-    assert count_votes(reopened, [a_vote("iam_duty_manager", LEE, round_no=3)], carried).outcome == "pending"
-    assert count_votes(reopened, [a_vote("iam_duty_manager", IVY, round_no=3)], carried).outcome == "approved"
+    reopened = a_round(round=3, carried=(a_vote("on_call_lead", LEE),))
+    assert count_votes(reopened, [a_vote("iam_duty_manager", LEE, round_no=3)]).outcome == "pending"
+    assert count_votes(reopened, [a_vote("iam_duty_manager", IVY, round_no=3)]).outcome == "approved"
+    assert ApprovalRound.from_json(reopened.to_json()) == reopened
 
 
 def test_an_open_card_has_execute_buttons_naming_request_round_nonce_and_stage() -> None:
