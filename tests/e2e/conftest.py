@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from local.azurite import Azurite
@@ -31,3 +34,26 @@ def app_host(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite) -> Iter
         yield host
     finally:
         host.kill()
+
+
+def request_status(host: DevhostProcess, request_id: str) -> dict[str, Any]:
+    """``GET /api/requests/{id}``; a request whose first audit row is not written yet has no state."""
+    response = httpx.get(f"{host.url}/api/requests/{request_id}", params={"code": host.function_key})
+    if response.status_code == 404:
+        return {"state": None, "timeline": []}
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for_state(
+    host: DevhostProcess, request_id: str, states: tuple[str, ...], timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = request_status(host, request_id)
+        if body["state"] in states:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} did not reach {states}: {body}\n{host.log_tail()}")

@@ -40,7 +40,8 @@ from shared.approvals import ApprovalBook, Vote
 from shared.audit import AuditLedger, security_chain
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
-from tests.e2e.conftest import app_host_in
+from tests.e2e.conftest import app_host_in, wait_for_state
+from tests.e2e.conftest import request_status as status
 
 pytestmark = pytest.mark.stack
 
@@ -105,29 +106,6 @@ def start(sims: SimulatorProcess, host: DevhostProcess, world: dict[str, Any], *
     request_id: str = answer["body"]["requestId"]
     STARTED.add(request_id)
     return request_id
-
-
-def status(host: DevhostProcess, request_id: str) -> dict[str, Any]:
-    """The request's state and timeline (a request whose first audit row is not written yet has none)."""
-    response = httpx.get(f"{host.url}/api/requests/{request_id}", params={"code": host.function_key})
-    if response.status_code == 404:
-        return {"state": None, "timeline": []}
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_for(
-    host: DevhostProcess, request_id: str, states: tuple[str, ...], timeout: float = 30
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = status(host, request_id)
-        if body["state"] in states:
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"{request_id} did not reach {states}: {body.get('state')}\n{host.log_tail()}")
 
 
 def card(
@@ -195,12 +173,23 @@ def card_texts(sims: SimulatorProcess, where: dict[str, Any]) -> list[str]:
     return [block.get("text", "") for block in activity(sims, where)["card"]["body"]]
 
 
+def confirmed_global_admin_request(
+    sims: SimulatorProcess, host: DevhostProcess, world: dict[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A Global Administrator request the responder has confirmed, and its two approval cards."""
+    request_id = start(sims, host, world, access__role="Global Administrator")
+    confirm = card(host, request_id, "responder", "confirm")
+    assert click_card(sims, host.url, confirm, world["alex"], "confirm")["status"] == 200
+    lead = card(host, request_id, "on_call_lead", "approve")
+    return request_id, lead, card(host, request_id, "iam_duty_manager", "approve")
+
+
 def waiting_exchange_request(
     sims: SimulatorProcess, host: DevhostProcess, world: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """An Exchange Administrator request outside a major incident: waiting for one on-call lead."""
     request_id = start(sims, host, world)
-    wait_for(host, request_id, ("awaiting_approval",))
+    wait_for_state(host, request_id, ("awaiting_approval",))
     return request_id, card(host, request_id, "on_call_lead", "approve")
 
 
@@ -226,7 +215,7 @@ def test_global_administrator_is_approved_only_after_two_clicks_by_two_people_fr
     assert status(host, request_id)["state"] == "awaiting_approval"  # one approval is not enough
     assert click_card(sim, host.url, iam, people["ivy"], "approve")["status"] == 200
 
-    body = wait_for(host, request_id, ("approved", "denied", "expired"))
+    body = wait_for_state(host, request_id, ("approved", "denied", "expired"))
     assert body["state"] == "approved" and body["auditVerified"] is True
     assert sorted(votes(host, request_id)) == sorted(
         [("counted", world["alex"]["id"]), ("counted", people["lee"]["id"]), ("counted", people["ivy"]["id"])]
@@ -248,7 +237,7 @@ def test_exchange_on_a_declared_major_incident_is_approved_by_rule_and_reviewed_
     responders = seed_responder_world(sim, POLICY, major_incident=True)
     people = seed_approver_world(sim, POLICY, responders)
     request_id = start(sim, host, responders)
-    body = wait_for(host, request_id, ("approved", "awaiting_approval"))
+    body = wait_for_state(host, request_id, ("approved", "awaiting_approval"))
     assert body["state"] == "approved"
     assert "approval.rule" in [step["step"] for step in body["timeline"]]
     review = card(host, request_id, "iam_duty_manager", "review")
@@ -269,7 +258,7 @@ def test_outside_a_major_incident_exchange_needs_one_on_call_lead(
 ) -> None:
     request_id, lead = waiting_exchange_request(sim, host, world)
     assert click_card(sim, host.url, lead, world["people"]["bo"], "approve")["status"] == 200
-    body = wait_for(host, request_id, ("approved", "denied", "expired"))
+    body = wait_for_state(host, request_id, ("approved", "denied", "expired"))
     assert body["state"] == "approved"
     assert votes(host, request_id) == [("counted", world["people"]["bo"]["id"])]
 
@@ -279,7 +268,7 @@ def test_a_deny_ends_the_request_access_denied(
 ) -> None:
     request_id, lead = waiting_exchange_request(sim, host, world)
     assert click_card(sim, host.url, lead, world["people"]["lee"], "deny")["status"] == 200
-    body = wait_for(host, request_id, ("approved", "denied", "expired"))
+    body = wait_for_state(host, request_id, ("approved", "denied", "expired"))
     assert body["state"] == "denied"
     assert "Access denied" in journal(sim, world)
 
@@ -289,7 +278,7 @@ def test_no_answer_by_the_due_time_ends_access_expired_after_exactly_one_reminde
 ) -> None:
     request_id = start(sim, fast_host, world)
     lead = card(fast_host, request_id, "on_call_lead", "approve")
-    body = wait_for(fast_host, request_id, ("approved", "denied", "expired"))
+    body = wait_for_state(fast_host, request_id, ("approved", "denied", "expired"))
     assert body["state"] == "expired"
     reminders = [a for a in sim.teams_conversation(lead["conversationId"])["activities"]
                  if a["replyToId"] == lead["activityId"]]  # fmt: skip
@@ -380,11 +369,7 @@ def test_the_same_person_cannot_approve_both_stages(
     sim: SimulatorProcess, host: DevhostProcess, azurite: Azurite, world: dict[str, Any]
 ) -> None:
     bo = world["people"]["bo"]
-    request_id = start(sim, host, world, access__role="Global Administrator")
-    assert click_card(sim, host.url, card(host, request_id, "responder", "confirm"), world["alex"],
-                      "confirm")["status"] == 200  # fmt: skip
-    lead = card(host, request_id, "on_call_lead", "approve")
-    iam = card(host, request_id, "iam_duty_manager", "approve")
+    request_id, lead, iam = confirmed_global_admin_request(sim, host, world)
     assert click_card(sim, host.url, lead, bo, "approve")["status"] == 200
     before = security_count(azurite)
     second = click_card(sim, host.url, iam, bo, "approve")
@@ -399,10 +384,7 @@ def test_a_replayed_invoke_gets_the_same_answer_and_counts_once(
     sim: SimulatorProcess, host: DevhostProcess, azurite: Azurite, world: dict[str, Any]
 ) -> None:
     bo = world["people"]["bo"]
-    request_id = start(sim, host, world, access__role="Global Administrator")
-    assert click_card(sim, host.url, card(host, request_id, "responder", "confirm"), world["alex"],
-                      "confirm")["status"] == 200  # fmt: skip
-    lead = card(host, request_id, "on_call_lead", "approve")
+    request_id, lead, _iam = confirmed_global_admin_request(sim, host, world)
     first = click_card(sim, host.url, lead, bo, "approve")
     assert first["status"] == 200
     before = security_count(azurite)
@@ -421,7 +403,7 @@ def test_a_click_after_the_due_time_is_refused(
     expired_id = start(sim, fast_host, world)
     expired_card = card(fast_host, expired_id, "on_call_lead", "approve")
     original = activity(sim, expired_card)["card"]["actions"][0]["data"]  # what the stale client still shows
-    wait_for(fast_host, expired_id, ("expired",))
+    wait_for_state(fast_host, expired_id, ("expired",))
     open_id = start(sim, fast_host, world, access__role="Global Administrator")
     open_card = card(fast_host, open_id, "responder", "confirm")  # any card still open in Teams
     before = security_count(azurite)

@@ -23,7 +23,7 @@ from local.stack import DevhostProcess
 from shared.audit import AuditLedger, security_chain
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
-from tests.e2e.conftest import app_host_in
+from tests.e2e.conftest import app_host_in, wait_for_state
 
 pytestmark = pytest.mark.stack
 
@@ -82,21 +82,6 @@ def send(sims: SimulatorProcess, host: DevhostProcess, payload: dict[str, Any] |
     if answer["status"] == 202:
         STARTED.add(answer["body"]["requestId"])
     return answer
-
-
-def wait_for_state(
-    host: DevhostProcess, request_id: str, states: tuple[str, ...], timeout: float = 30
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{host.url}/api/requests/{request_id}", params={"code": host.function_key})
-        if response.status_code == 200:
-            body = response.json()
-            if body["state"] in states:
-                return body
-        time.sleep(0.2)
-    raise AssertionError(f"request {request_id} did not reach {states}: {body}\n{host.log_tail()}")
 
 
 def instances(host: DevhostProcess) -> int:
