@@ -3,10 +3,11 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from activities import access as access_activities
 from activities import access_request as access_request_activities
 from activities import approval as approval_activities
 from activities import self_check as self_check_activities
-from orchestrators import access_request, approval, intake, request_status, self_check, teams_bot
+from orchestrators import access, access_request, approval, intake, request_status, self_check, teams_bot
 from shared.configuration import load_configuration
 
 # Fail fast at start-up: a missing setting or a bad policy names itself in the host's log.
@@ -22,3 +23,5 @@ app.register_functions(access_request_activities.bp)
 app.register_functions(approval.bp)
 app.register_functions(approval_activities.bp)
 app.register_functions(teams_bot.bp)
+app.register_functions(access.bp)
+app.register_functions(access_activities.bp)

@@ -154,4 +154,6 @@ def approve(flow: RequestFlow, found: dict[str, dict[str, Any]]) -> Steps:
     if result["review"]:
         # Rule-approved: the post-facto review card is out; its answer is recorded in this chain.
         yield from await_review(flow, ApprovalRound.from_json(result["review"]))
+    # Activation, proof, hold and revocation (orchestrators/access.py, activate_to_revoke) join here once
+    # their end-to-end coverage against the Graph simulator lands (issue 5, in progress).
     return {"requestId": flow.request_id, "state": "approved", "path": result["path"], "approvals": approvals}

@@ -312,17 +312,18 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
     return ended("approved", plan.reason, decision)
 
 
-def await_review(flow: RequestFlow, review: ApprovalRound) -> Steps:
-    """The parent's wait for the post-facto review of a rule-approved request (one stage, until its due)."""
+def review_event(flow: RequestFlow, review: ApprovalRound) -> Any:
+    """The task that completes when the review's one stage answers (waited for until it does, only)."""
+    return flow.context.wait_for_external_event(vote_event(review.round, review.stages[0].name))
+
+
+def conclude_review(flow: RequestFlow, review: ApprovalRound, answered: bool) -> Steps:
+    """Record the post-facto review (its stored vote, when ``answered``), close its round, update its card."""
     context = flow.context
     stage = review.stages[0]
-    timer = context.create_timer(review.due_at)
-    event = context.wait_for_external_event(vote_event(review.round, stage.name))
-    winner = yield context.task_any([event, timer])
     counted: dict[str, Vote] = {}
     outcome = "unreviewed"
-    if winner is not timer:
-        timer.cancel()
+    if answered:
         stored = yield context.call_activity_with_retry(
             LOAD_VOTE, RETRY, {"requestId": review.request_id, "round": review.round, "stage": stage.name}
         )
@@ -361,3 +362,14 @@ def await_review(flow: RequestFlow, review: ApprovalRound) -> Steps:
             "approval.review", "unreviewed", {"round": review.round, "dueAt": review.due_at.isoformat()}
         )
     return outcome
+
+
+def await_review(flow: RequestFlow, review: ApprovalRound) -> Steps:
+    """Wait for the post-facto review (until its due time), then record it."""
+    context = flow.context
+    timer = context.create_timer(review.due_at)
+    event = review_event(flow, review)
+    winner = yield context.task_any([event, timer])
+    if winner is not timer:
+        timer.cancel()
+    return (yield from conclude_review(flow, review, winner is not timer))

@@ -18,6 +18,7 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
+from orchestrators.access import RESOLUTION_EVENT
 from orchestrators.access_request import ACCESS_REQUEST_ORCHESTRATOR
 from shared.audit import AuditEntry, security_chain
 from shared.configuration import load_configuration
@@ -28,7 +29,6 @@ from shared.request_index import IndexedRequest
 from shared.services import audit_ledger, deliveries, request_index
 from shared.webhooks import SignatureError, UnsupportedSystemError, verify_signature
 
-RESOLUTION_EVENT = "IncidentResolved"
 _RUNNING = (df.OrchestrationRuntimeStatus.Running, df.OrchestrationRuntimeStatus.Pending)
 
 bp = df.Blueprint()

@@ -21,6 +21,7 @@ from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
 from kiota_http.middleware.options.headers_inspection_handler_option import HeadersInspectionHandlerOption
+from kiota_http.middleware.options.retry_handler_option import RetryHandlerOption
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.role_management.directory.role_assignment_schedule_instances.role_assignment_schedule_instances_request_builder import (  # noqa: E501
     RoleAssignmentScheduleInstancesRequestBuilder,
@@ -53,12 +54,14 @@ T = TypeVar("T")
 
 
 class DirectoryError(RuntimeError):
-    """A Graph call failed; ``code`` is Graph's error code, ``call`` carries the correlation ids."""
+    """A Graph call failed; ``code`` is Graph's error code, ``call`` carries the correlation ids,
+    ``retry_after`` the seconds Graph asked us to wait (429/503), when it said."""
 
-    def __init__(self, message: str, code: str, call: GraphCall) -> None:
+    def __init__(self, message: str, code: str, call: GraphCall, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.call = call
+        self.retry_after = retry_after
 
     @property
     def transient(self) -> bool:
@@ -113,13 +116,25 @@ class EntraDirectory:
     def __init__(self, client: GraphServiceClient) -> None:
         self._client = client
 
-    async def _traced(
+    @property
+    def client(self) -> GraphServiceClient:
+        return self._client
+
+    async def traced(
         self, method: str, path: str, send: Callable[[RequestConfiguration[Any]], Awaitable[T]],
-        query: Any = None,
+        query: Any = None, *, sdk_retries: bool = True, success_status: int = 200,
     ) -> Traced[T]:  # fmt: skip
+        """Run one Graph call with our own ``client-request-id`` and return it with its evidence.
+
+        ``sdk_retries=False`` turns the SDK's own retry off for this call: it re-sends a POST after a
+        503 even when the POST took effect (facts.md), so writes are retried by the workflow instead,
+        which first looks for what the earlier attempt did."""
         client_request_id = str(uuid.uuid4())
         inspection = HeadersInspectionHandlerOption(inspect_request_headers=False)
-        config: RequestConfiguration[Any] = RequestConfiguration(query_parameters=query, options=[inspection])
+        options: list[Any] = [inspection]
+        if not sdk_retries:
+            options.append(RetryHandlerOption(max_retries=0, should_retry=False))
+        config: RequestConfiguration[Any] = RequestConfiguration(query_parameters=query, options=options)
         config.headers.add("client-request-id", client_request_id)
         try:
             value = await send(config)
@@ -129,12 +144,14 @@ class EntraDirectory:
             code = error.error.code if error.error and error.error.code else "unknown"
             detail = error.error.message if error.error and error.error.message else str(error)
             raise DirectoryError(
-                f"Graph {method} {path} failed ({status} {code}): {detail}", code, call
+                f"Graph {method} {path} failed ({status} {code}): {detail}",
+                code,
+                call,
+                _retry_after(_header(inspection, "retry-after")),
             ) from None
-        status = 200  # msgraph-sdk does not expose a success status; every call used here answers 200
-        return Traced(
-            value, GraphCall(method, path, status, _header(inspection, "request-id"), client_request_id)
-        )
+        # msgraph-sdk does not expose a success status: the caller says what its call answers.
+        call = GraphCall(method, path, success_status, _header(inspection, "request-id"), client_request_id)
+        return Traced(value, call)
 
     async def find_user(self, identifier: str) -> Traced[DirectoryUser | None]:
         """The user whose UPN or mail is exactly ``identifier`` (no fuzzy matching; design.md "People")."""
@@ -144,7 +161,7 @@ class EntraDirectory:
         query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
             filter=expression, select=["id", "userPrincipalName", "mail", "displayName", "accountEnabled"]
         )
-        traced = await self._traced(
+        traced = await self.traced(
             "GET", "/users", lambda c: self._client.users.get(request_configuration=c), query
         )
         users = list(traced.value.value or []) if traced.value else []
@@ -176,7 +193,7 @@ class EntraDirectory:
         )
         builder = self._client.users.by_user_id(user_id)
         try:
-            traced = await self._traced(
+            traced = await self.traced(
                 "GET", f"/users/{user_id}", lambda c: builder.get(request_configuration=c), query
             )
         except DirectoryError as error:
@@ -200,7 +217,7 @@ class EntraDirectory:
             _require_guid(value)
         body = CheckMemberGroupsPostRequestBody(group_ids=group_ids)
         builder = self._client.users.by_user_id(user_id).check_member_groups
-        traced = await self._traced(
+        traced = await self.traced(
             "POST",
             f"/users/{user_id}/checkMemberGroups",
             lambda c: builder.post(body, request_configuration=c),
@@ -233,7 +250,7 @@ class EntraDirectory:
         """One PIM collection filtered to a principal and a role (the three reads differ only in that)."""
         query_type = getattr(builder_type, f"{builder_type.__name__}GetQueryParameters")
         query = query_type(filter=_principal_and_role(user_id, role_template_id))
-        traced = await self._traced("GET", f"/roleManagement/directory/{collection}",
+        traced = await self.traced("GET", f"/roleManagement/directory/{collection}",
                                     lambda c: builder.get(request_configuration=c), query)  # fmt: skip
         items = list(traced.value.value) if traced.value and traced.value.value else []
         return Traced(items, traced.call)
@@ -258,6 +275,13 @@ def _schedule(item: Any, kind: str) -> RoleSchedule:
         directory_scope_id=str(item.directory_scope_id or "/"), kind=kind,
         start=start.isoformat() if start else None, end=end.isoformat() if end else None,
     )  # fmt: skip
+
+
+def _retry_after(value: str) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare from Graph; the caller's own backoff applies
 
 
 def _header(option: HeadersInspectionHandlerOption, name: str) -> str:

@@ -261,6 +261,8 @@ class Timings(_Model):
     approval_reminder: Duration = _DEFAULT_APPROVAL_DUE / 2
     review_due: Duration = timedelta(hours=24)
     progress_interval: Duration = timedelta(minutes=2)
+    probe_first_interval: Duration = timedelta(seconds=5)
+    probe_max_interval: Duration = timedelta(minutes=1)
     slow_probe_interval: Duration = timedelta(minutes=5)
     default_proof_deadline: Duration = _DEFAULT_PROOF_DEADLINE
     store_mismatch_threshold: Duration = timedelta(minutes=5)

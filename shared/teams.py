@@ -132,6 +132,14 @@ class BotConnector:
         answer = await self._call("POST", path, _card_activity(card, summary), "post card")
         return PostedActivity(conversation_id, _resource_id(answer, "post card"))
 
+    async def post_text(self, conversation_id: str, text: str) -> PostedActivity:
+        """Post a plain-text message (progress, escalation and "your access works" notices)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a message needs text")
+        path = f"/v3/conversations/{_segment(conversation_id, 'conversation id')}/activities"
+        answer = await self._call("POST", path, {"type": "message", "text": text}, "post text")
+        return PostedActivity(conversation_id, _resource_id(answer, "post text"))
+
     async def reply_text(self, conversation_id: str, activity_id: str, text: str) -> PostedActivity:
         """Reply to a message with plain text (a threaded reply in a channel; used for reminders)."""
         if not isinstance(text, str) or not text.strip():

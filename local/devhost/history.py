@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
@@ -72,8 +72,26 @@ COMPLETION_KEY = {
 }
 
 
+# Only the step-by-step replay harness (local/devhost/replay.py) moves this: when a test fires a timer, the
+# orchestration wakes at the timer's time, as it would in Azure, without the test waiting for it.
+_clock_offset = timedelta(0)
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return datetime.now(UTC) + _clock_offset
+
+
+def advance_clock(to: datetime) -> None:
+    """Make :func:`utcnow` at least ``to`` from now on (never backwards)."""
+    global _clock_offset
+    behind = to - utcnow()
+    if behind > timedelta(0):
+        _clock_offset += behind
+
+
+def reset_clock() -> None:
+    global _clock_offset
+    _clock_offset = timedelta(0)
 
 
 def format_time(moment: datetime) -> str:

@@ -120,7 +120,9 @@ class _ManualClockEngine(Engine):
     async def fire(self, instance_id: str, timer_id: int) -> None:
         task = self._timer_tasks.pop((instance_id, timer_id))
         task.cancel()
-        await self._apply(instance_id, h.timer_fired(timer_id, self.fire_times[(instance_id, timer_id)]))
+        fire_at = self.fire_times[(instance_id, timer_id)]
+        h.advance_clock(h.parse_time(fire_at))  # the orchestration wakes at the timer's time
+        await self._apply(instance_id, h.timer_fired(timer_id, fire_at))
 
     def busy(self) -> bool:
         return any(not task.done() for task in self._tasks)
@@ -184,6 +186,17 @@ class StepReplay:
         if settle:
             await self.settle()
 
+    async def run_to_end(self, max_timers: int = 200) -> Replay:
+        """Fire pending timers, earliest first, until the orchestration ends; its result."""
+        for _ in range(max_timers):
+            instance = await self.instance()
+            if instance.is_terminal:
+                return Replay(instance, self.calls)
+            if not self.timers():
+                raise AssertionError(f"{self.instance_id} waits for an event; calls so far: {self.calls}")
+            await self.fire_next()
+        raise AssertionError(f"{self.instance_id} did not end after {max_timers} timers")
+
     async def instance(self, instance_id: str | None = None) -> Instance:
         found = await self._store.load(instance_id or self.instance_id)
         assert found is not None
@@ -198,3 +211,4 @@ class StepReplay:
 
     async def stop(self) -> None:
         await self._engine.stop()
+        h.reset_clock()
