@@ -32,6 +32,7 @@ from msgraph.generated.role_management.directory.role_assignments.role_assignmen
 
 from shared.audit import GraphCall
 from shared.directory import DirectoryError, EntraDirectory, Traced, _principal_and_role, _require_guid
+from shared.durations import format_duration
 
 __all__ = ["ACTIVE_STATUSES", "Pim", "PimAnswer", "ScheduleRequest", "classify"]
 
@@ -151,8 +152,10 @@ class Pim:
         body = UnifiedRoleAssignmentScheduleRequest(
             action=UnifiedRoleScheduleRequestActions.AdminAssign, principal_id=principal_id,
             role_definition_id=role_template_id, directory_scope_id="/", justification=justification[:500],
+            # An ISO 8601 string, not a timedelta: msgraph-sdk writes a timedelta as "2:00:00", which Graph
+            # refuses (msgraph-sdk-python issue #1262); a string goes out unchanged ("PT2H").
             schedule_info=RequestSchedule(expiration=ExpirationPattern(
-                type=ExpirationPatternType.AfterDuration, duration=duration)),
+                type=ExpirationPatternType.AfterDuration, duration=format_duration(duration))),  # type: ignore[arg-type]
             ticket_info=TicketInfo(ticket_number=ticket_number, ticket_system=ticket_system),
         )  # fmt: skip
         return await self._write(body)
