@@ -1,5 +1,5 @@
-"""Local simulators of the services the app calls: Microsoft Graph, ServiceNow, Jira, PagerDuty and the Teams
-Bot Connector (with the Bot Framework token issuer).
+"""Local simulators of the services the app calls: Microsoft Graph, ServiceNow, Jira, PagerDuty, the Teams
+Bot Connector (with the Bot Framework token issuer) and Exchange Online's admin API.
 
 One process (``python -m local.simulators``, default port 7081, loopback only) serves them all under path
 prefixes, with their real wire formats, in-memory state and a control API under ``/_sim``. See README.md.

@@ -15,9 +15,10 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import count
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Router
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 JSON = dict[str, Any]
 
@@ -164,6 +165,8 @@ class Call:
     body: Any
     status: int | None = None
     fault: str | None = None
+    # With an "after" fault: what the handler answered (its effect stands) before the fault replaced it.
+    effect_status: int | None = None
 
 
 class CallLog:
@@ -193,6 +196,51 @@ class CallLog:
     def as_json(self, calls: Iterable[Call] | None = None) -> list[JSON]:
         return [asdict(c) for c in (self._calls if calls is None else calls)]
 
+    def summary(self, service: str | None = None, method: str | None = None) -> JSON:
+        """Calls per endpoint: ``{"counts": {"POST /roleManagement/...": 1, ...}}`` with ids in paths replaced
+        by ``{id}`` and query strings left out (keys carry the service name too when none is given), plus
+        the statuses each endpoint answered."""
+        counts: dict[str, int] = {}
+        statuses: dict[str, dict[str, int]] = {}
+        selected = self.select(service=service, method=method)
+        for call in selected:
+            key = f"{call.method} {normalise_path(call.path)}"
+            if service is None:
+                key = f"{call.service} {key}"
+            counts[key] = counts.get(key, 0) + 1
+            per_status = statuses.setdefault(key, {})
+            status = str(call.status) if call.status is not None else "none"
+            per_status[status] = per_status.get(status, 0) + 1
+        return {"service": service, "total": len(selected), "counts": counts, "statuses": statuses}
+
+
+_GUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX_ID = re.compile(r"^[0-9a-fA-F]{32}$")  # ServiceNow sys_id
+_ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9]+-\d+$")  # Jira issue key
+_OPAQUE_ID = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # PIM/unified assignment ids, tokens
+
+
+def normalise_path(path: str) -> str:
+    """``/users/alex@contoso.test/revokeSignInSessions`` -> ``/users/{id}/revokeSignInSessions``: GUIDs
+    anywhere (also inside ``directoryRoles(roleTemplateId='...')``), and every segment that looks like an
+    id rather than a name: a UPN or domain, a ServiceNow sys_id, a Jira key, a Teams conversation id, a
+    number of 4+ digits, a long opaque id with a digit in it. Names such as ``roleAssignments`` or
+    ``sys_journal_field`` and short version numbers (``/rest/api/3``) stay."""
+    segments = []
+    for segment in _GUID_IN_TEXT.sub("{id}", path).split("/"):
+        if segment and (
+            "@" in segment
+            or "." in segment
+            or ":" in segment
+            or _HEX_ID.match(segment)
+            or _ISSUE_KEY.match(segment)
+            or (segment.isdigit() and len(segment) >= 4)
+            or (_OPAQUE_ID.match(segment) and any(ch.isdigit() for ch in segment))
+        ):
+            segment = "{id}"
+        segments.append(segment)
+    return "/".join(segments)
+
 
 def recorded_body(raw: bytes) -> Any:
     if not raw:
@@ -215,6 +263,8 @@ class Fault:
     ``status`` None with a latency only slows matching calls down. ``count`` None means every matching call
     until the fault is cleared. ``code``/``message`` override the error body (Graph's OData error code, e.g.
     ``RoleAssignmentExists``); otherwise the service picks the code its real counterpart uses for the status.
+    ``after`` lets the call through first (its effect stands: the POST created what it creates) and then
+    answers the fault instead of the real response: the "503 after the POST took effect" case.
     """
 
     id: str
@@ -227,6 +277,7 @@ class Fault:
     latency_ms: int
     code: str | None
     message: str | None
+    after: bool = False
     hits: int = 0
 
     @property
@@ -244,6 +295,7 @@ _FAULT_KEYS = {
     "latency_ms",
     "code",
     "message",
+    "after",
 }
 
 
@@ -274,6 +326,11 @@ class Faults:
         for key in ("path_contains", "code", "message"):
             if spec.get(key) is not None and not isinstance(spec.get(key), str):
                 raise SeedError(f"fault.{key} must be a string")
+        after = spec.get("after", False)
+        if not isinstance(after, bool):
+            raise SeedError("fault.after must be true or false")
+        if after and status is None:
+            raise SeedError("fault.after needs a status: the error that replaces the real answer")
         fault = Fault(
             id=new_guid(),
             service=service,
@@ -285,6 +342,7 @@ class Faults:
             latency_ms=latency,
             code=spec.get("code"),
             message=spec.get("message"),
+            after=after,
         )
         self._faults.append(fault)
         return fault
@@ -409,7 +467,7 @@ class ServiceApp:
             await send(message)
 
         response: Response | None = None
-        app: ASGIApp = self.router
+        after: Fault | None = None
         if not ok:
             response = self.service.error_response(request, self.service.unauthenticated())
         else:
@@ -418,31 +476,54 @@ class ServiceApp:
                 call.fault = fault.id
                 if fault.latency_ms:
                     await asyncio.sleep(fault.latency_ms / 1000)
-                if fault.status is not None:
+                if fault.after:
+                    after = fault
+                elif fault.status is not None:
                     response = self.service.error_response(request, self.service.fault_error(fault))
+        if response is not None:
+            await response(scope, replay, send_with_headers)
+        elif after is not None:
+            # The handler runs and its effect stands; the caller gets the fault instead of its answer.
+            async def discard(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    call.effect_status = int(message["status"])
+
+            await self._dispatch(request, relative, scope, replay, discard, lambda: call.effect_status)
+            error = self.service.error_response(request, self.service.fault_error(after))
+            await error(scope, replay, send_with_headers)
+        else:
+            await self._dispatch(request, relative, scope, replay, send_with_headers, lambda: call.status)
+        log.info("%s %s %s -> %s", self.service.name, request.method, relative, call.status)
+
+    async def _dispatch(
+        self,
+        request: Request,
+        relative: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        started: Callable[[], int | None],
+    ) -> None:
+        """Route the call to its handler; an error it raises is answered in the service's own format."""
         try:
-            if response is not None:
-                await response(scope, replay, send_with_headers)
-            else:
-                await app(scope, replay, send_with_headers)
+            await self.router(scope, receive, send)
         except ServiceError as err:
             # Raised by a handler before it started its response: render it the service's way.
-            await self.service.error_response(request, err)(scope, replay, send_with_headers)
+            await self.service.error_response(request, err)(scope, receive, send)
         except HTTPException as exc:
             # Starlette's own 405 (a known path with another method), in the service's error format.
             error = ServiceError(
                 exc.status_code, str(exc.detail), code="MethodNotAllowed", headers=dict(exc.headers or {})
             )
-            await self.service.error_response(request, error)(scope, replay, send_with_headers)
+            await self.service.error_response(request, error)(scope, receive, send)
         except Exception:
             log.exception("unhandled error in %s %s %s", self.service.name, request.method, relative)
-            if call.status is not None:
+            if started() is not None:
                 raise
             error = ServiceError(
                 500, "Internal error in the simulator (see its log).", code="InternalServerError"
             )
-            await self.service.error_response(request, error)(scope, replay, send_with_headers)
-        log.info("%s %s %s -> %s", self.service.name, request.method, relative, call.status)
+            await self.service.error_response(request, error)(scope, receive, send)
 
     async def _no_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)

@@ -38,9 +38,11 @@ from .common import (
     reject_unknown_keys,
     require_str,
 )
+from .exchange import ExchangeService
 from .graph import GraphService
 from .jira import JiraService
 from .pagerduty import PagerDutyService
+from .pim import Behaviours
 from .servicenow import ServiceNowService
 from .teams import ADAPTIVE_CARD, TeamsService, build_invoke, find_execute_action
 
@@ -61,7 +63,16 @@ class Simulators:
         self.jira = JiraService()
         self.pagerduty = PagerDutyService()
         self.teams = TeamsService()
-        self.services: list[Service] = [self.graph, self.servicenow, self.jira, self.pagerduty, self.teams]
+        # Exchange Online's admin API: its role groups are part of the Graph tenant's state.
+        self.exchange = ExchangeService(self.graph)
+        self.services: list[Service] = [
+            self.graph,
+            self.servicenow,
+            self.jira,
+            self.pagerduty,
+            self.teams,
+            self.exchange,
+        ]
         self.calls = CallLog()
         self.faults = Faults(s.name for s in self.services)
         # Not a service (its routes are full paths, see app.py): its keys live as long as the process and
@@ -141,6 +152,33 @@ def control_routes(sims: Simulators) -> list[BaseRoute]:
         )
         return JSONResponse({"count": len(selected), "calls": sims.calls.as_json(selected)})
 
+    async def calls_summary(request: Request) -> Response:
+        return JSONResponse(
+            sims.calls.summary(
+                service=request.query_params.get("service"), method=request.query_params.get("method")
+            )
+        )
+
+    async def pim_behaviour(request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(sims.graph.behaviours.as_json())
+        if request.method == "DELETE":
+            sims.graph.behaviours = Behaviours()
+            return JSONResponse(sims.graph.behaviours.as_json())
+        body = await _body(request)
+        if isinstance(body, list):
+            return JSONResponse([sims.graph.set_behaviour(spec) for spec in body], status_code=201)
+        return JSONResponse(sims.graph.set_behaviour(body), status_code=201)
+
+    async def graph_stores(request: Request) -> Response:
+        return JSONResponse(sims.graph.stores_view())
+
+    async def session_revocations(request: Request) -> Response:
+        return JSONResponse({"sessionRevocations": sims.graph.revocations_view()})
+
+    async def role_groups(request: Request) -> Response:
+        return JSONResponse({"roleGroups": sims.graph.role_groups_view()})
+
     async def faults(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse({"faults": sims.faults.as_json()})
@@ -185,12 +223,18 @@ def control_routes(sims: Simulators) -> list[BaseRoute]:
         Route("/reset", reset, methods=["POST"]),
         Route("/state", state, methods=["GET"]),
         Route("/calls", calls, methods=["GET", "DELETE"]),
+        Route("/calls/summary", calls_summary, methods=["GET"]),
         Route("/faults", _guarded(faults), methods=["GET", "POST", "DELETE"]),
         Route("/graph/users", _seeder(sims.graph.seed_user), methods=["POST"]),
         Route("/graph/groups", _seeder(sims.graph.seed_group), methods=["POST"]),
         Route("/graph/eligibility", _seeder(sims.graph.seed_eligibility), methods=["POST"]),
         Route("/graph/assignments", _seeder(sims.graph.seed_assignment), methods=["POST"]),
         Route("/graph/requests", _seeder(sims.graph.seed_request), methods=["POST"]),
+        Route("/graph/pim-behaviour", _guarded(pim_behaviour), methods=["GET", "POST", "DELETE"]),
+        Route("/graph/stores", graph_stores, methods=["GET"]),
+        Route("/graph/session-revocations", session_revocations, methods=["GET"]),
+        Route("/exchange/role-groups", _seeder(sims.graph.seed_role_group), methods=["POST"]),
+        Route("/exchange/role-groups", role_groups, methods=["GET"]),
         Route("/servicenow/users", _seeder(sims.servicenow.seed_user), methods=["POST"]),
         Route("/servicenow/incidents", _seeder(sims.servicenow.seed_incident), methods=["POST"]),
         Route("/servicenow/incidents/{key}", incident_view, methods=["GET"]),

@@ -1,5 +1,11 @@
-"""Microsoft Graph v1.0, the part the app reads: users, groups and membership, PIM schedule instances and
-pending schedule requests.
+"""Microsoft Graph v1.0, the part the app uses: users, groups and membership, PIM schedule instances and
+schedule requests (``adminAssign``, ``adminRemove``, ``adminExtend``), the unified RBAC role assignments
+(read, and the direct assignments of the break-glass path), directory roles and their members, and
+``revokeSignInSessions``.
+
+An assignment becomes visible in each store (PIM instances, unified RBAC, directory role members, the Exchange
+role group served by ``exchange.py``) after that store's own delay, and a request goes through the statuses
+its role's behaviour names (see ``pim.py``); both are set through the control API.
 
 Responses follow the Graph reference closely enough that msgraph-sdk's typed request builders parse them:
 OData collections (``@odata.context``, ``value``, ``@odata.nextLink`` when paged), ``@odata.type`` on
@@ -14,6 +20,8 @@ app that starts relying on it fails here first instead of passing against a simu
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import uuid
@@ -43,6 +51,22 @@ from .common import (
     reject_unknown_keys,
     require_str,
     utc_now,
+)
+from .pim import (
+    ACTIVATING_ACTIONS,
+    DEFAULT_ROLE_GROUPS,
+    STORES,
+    TERMINAL_STATUSES,
+    WELL_KNOWN_ROLES,
+    Behaviour,
+    Behaviours,
+    Grant,
+    Timeline,
+    graph_time,
+    human_seconds,
+    iso_ms,
+    parse_duration,
+    visibility,
 )
 
 PREFIX = "/graph/v1.0"
@@ -189,6 +213,42 @@ REQUEST_ACTIONS = (
     "selfExtend",
     "selfRenew",
 )
+
+# The actions POST roleAssignmentScheduleRequests carries out; the others are answered 400 InvalidRequest.
+SERVED_ACTIONS = ("adminAssign", "adminRemove", "adminExtend")
+# What a schedule request body may carry (anything else: 400, as OData refuses an unknown property).
+REQUEST_WRITABLE = (
+    "@odata.type",
+    "action",
+    "principalId",
+    "roleDefinitionId",
+    "directoryScopeId",
+    "appScopeId",
+    "justification",
+    "scheduleInfo",
+    "ticketInfo",
+    "isValidationOnly",
+    "customData",
+)
+UNIFIED_PROPS = ("id", "principalId", "roleDefinitionId", "directoryScopeId", "appScopeId", "condition")
+UNIFIED_FILTERABLE = ("id", "principalId", "roleDefinitionId", "directoryScopeId", "appScopeId")
+UNIFIED_WRITABLE = (
+    "@odata.type",
+    "principalId",
+    "roleDefinitionId",
+    "directoryScopeId",
+    "appScopeId",
+    "condition",
+)
+DIRECTORY_ROLE_PROPS = ("id", "deletedDateTime", "description", "displayName", "roleTemplateId")
+DIRECTORY_ROLE_FILTERABLE = ("id", "displayName", "roleTemplateId")
+# Who created a request when the bearer token does not say (the simulator's tokens are opaque).
+SIMULATED_CALLER = {
+    "id": "5e7a3c1d-0b7f-4c55-9d3a-6f1e2b8c9a01",
+    "displayName": "pim-emergency-access (simulated)",
+}
+# Directory role object ids differ from the template ids in a real tenant; here they derive from them.
+_DIRECTORY_ROLE_NAMESPACE = uuid.UUID("8d6c1b2e-3f4a-4b5c-9d8e-7f6a5b4c3d2e")
 
 # Graph caps checkMemberGroups at 20 group ids per call.
 CHECK_MEMBER_GROUPS_MAX = 20
@@ -348,20 +408,100 @@ class GraphService(Service):
         self.groups: dict[str, JSON] = {}
         self.members: dict[str, list[str]] = {}
         self.eligibility: list[JSON] = []
-        self.assignments: list[JSON] = []
+        # Role assignments in effect (seeded, PIM, direct); each store shows them after its own delay.
+        self.grants: list[Grant] = []
+        # Assignments no longer in effect: removed (adminRemove, DELETE) or expired, for the control view.
+        self.ended: list[JSON] = []
         self.requests: list[JSON] = []
+        self.timelines: dict[str, Timeline] = {}
+        self.behaviours = Behaviours()
+        self.session_revocations: dict[str, list[str]] = {}
+        # Exchange Online role groups (served by exchange.py): the Entra roles whose holders land in each, and
+        # members seeded as already there. Keyed by the case-folded name.
+        self.role_groups: dict[str, JSON] = {
+            name.casefold(): {"name": name, "roleDefinitionIds": list(roles), "members": []}
+            for name, roles in DEFAULT_ROLE_GROUPS.items()
+        }
+        # Assignment ids ever handed out: a removed assignment's id is not reused for a new one.
+        self._issued_ids: set[str] = set()
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
+    @property
+    def assignments(self) -> list[JSON]:
+        """Every assignment in effect, as a schedule instance (whichever stores show it yet)."""
+        now = utc_now()
+        return [g.instance() for g in self.grants if g.live(now)]
+
     def snapshot(self, base_url: str) -> JSON:
+        now = self.advance()
         return {
             "users": list(self.users.values()),
             "groups": [{**g, "members": list(self.members[g["id"]])} for g in self.groups.values()],
             "eligibility": list(self.eligibility),
-            "assignments": list(self.assignments),
+            "assignments": self.assignments,
+            "unifiedAssignments": [g.unified() for g in self.grants if g.visible("unified", now)],
             "requests": list(self.requests),
+            "requestTimelines": [t.as_json() for t in self.timelines.values()],
+            "stores": self.stores_view(now),
+            "pimBehaviour": self.behaviours.as_json(),
+            "sessionRevocations": self.revocations_view(),
+            "roleGroups": self.role_groups_view(now),
         }
+
+    def stores_view(self, now: datetime | None = None) -> JSON:
+        """``GET /_sim/graph/stores``: each assignment and when each store shows it, what each store shows
+        now, and the assignments that ended (removed or expired)."""
+        now = now or self.advance()
+        return {
+            "now": iso_ms(now),
+            "grants": [g.view(now) for g in self.grants],
+            "stores": {
+                store: [
+                    {
+                        "id": g.id,
+                        "principalId": g.principal_id,
+                        "roleDefinitionId": g.role_id,
+                        "visibleAt": iso_ms(g.visible_at[store]),
+                    }
+                    for g in sorted(self.grants, key=lambda grant: grant.visible_at[store])
+                    if g.visible(store, now)
+                ]
+                for store in STORES
+            },
+            "ended": list(self.ended),
+        }
+
+    def revocations_view(self) -> JSON:
+        return {
+            user: {"count": len(times), "times": list(times)}
+            for user, times in self.session_revocations.items()
+        }
+
+    def advance(self, now: datetime | None = None) -> datetime:
+        """Bring time-driven state up to ``now``: requests move along their behaviour's statuses (a
+        ``Provisioned`` one creates its assignment, dated when it was provisioned), and assignments whose end
+        has passed leave every store. Called before every request and every control view."""
+        now = now or utc_now()
+        for timeline in self.timelines.values():
+            if timeline.done:
+                continue
+            status = timeline.status_at(now)
+            item = self._request(timeline.request_id)
+            if item is not None:
+                item["status"] = status
+            if status not in TERMINAL_STATUSES:
+                continue
+            timeline.done = True
+            settled = timeline.settles_at
+            if item is not None:
+                item["completedDateTime"] = graph_time(settled)
+            if status == "Provisioned":
+                self._grant_from(timeline, settled)
+        for grant in [g for g in self.grants if not g.live(now)]:
+            self._end(grant, now, "expired", None, at=grant.end)
+        return now
 
     # ---------------------------------------------------------------- pipeline hooks
 
@@ -371,6 +511,7 @@ class GraphService(Service):
         request.state.request_id = new_guid()
         request.state.client_request_id = request.headers.get("client-request-id") or new_guid()
         request.state.date = datetime.now(UTC)
+        self.advance()
         return str(request.state.client_request_id)
 
     def response_headers(self, request: Request) -> dict[str, str]:
@@ -432,13 +573,30 @@ class GraphService(Service):
             Route(f"{rm}/roleEligibilityScheduleInstances", self.list_eligibility, methods=["GET"]),
             Route(f"{rm}/roleAssignmentScheduleInstances", self.list_assignments, methods=["GET"]),
             Route(f"{rm}/roleAssignmentScheduleRequests", self.list_requests, methods=["GET"]),
-            Route(f"{rm}/roleAssignmentScheduleRequests", self.not_implemented, methods=["POST"]),
+            Route(f"{rm}/roleAssignmentScheduleRequests", self.create_request, methods=["POST"]),
             Route(f"{rm}/roleAssignmentScheduleRequests/{{request_id}}", self.get_request, methods=["GET"]),
             Route(
                 f"{rm}/roleAssignmentScheduleRequests/{{request_id}}/cancel",
                 self.not_implemented,
                 methods=["POST"],
             ),
+            Route(f"{rm}/roleAssignments", self.list_unified, methods=["GET"]),
+            Route(f"{rm}/roleAssignments", self.create_unified, methods=["POST"]),
+            Route(f"{rm}/roleAssignments/{{assignment_id}}", self.get_unified, methods=["GET"]),
+            Route(f"{rm}/roleAssignments/{{assignment_id}}", self.delete_unified, methods=["DELETE"]),
+            Route("/users/{user_id}/revokeSignInSessions", self.revoke_sign_in_sessions, methods=["POST"]),
+            Route("/directoryRoles", self.list_directory_roles, methods=["GET"]),
+            # The alternate key: Starlette escapes the literal parts, so "(", "'" and ")" match as written.
+            Route(
+                "/directoryRoles(roleTemplateId='{template_id}')", self.get_directory_role, methods=["GET"]
+            ),
+            Route(
+                "/directoryRoles(roleTemplateId='{template_id}')/members",
+                self.directory_role_members,
+                methods=["GET"],
+            ),
+            Route("/directoryRoles/{role_id}", self.get_directory_role, methods=["GET"]),
+            Route("/directoryRoles/{role_id}/members", self.directory_role_members, methods=["GET"]),
         ]
 
     # ---------------------------------------------------------------- users and groups
@@ -514,13 +672,21 @@ class GraphService(Service):
             frontier = parents
         return found
 
-    def _directory_objects(self, request: Request, object_ids: list[str]) -> Response:
+    def _directory_objects(
+        self, request: Request, object_ids: list[str], *, unknown_as_user: bool = False
+    ) -> Response:
         objects: list[JSON] = []
         for object_id in object_ids:
             if object_id in self.users:
                 objects.append({"@odata.type": "#microsoft.graph.user", **self.users[object_id]})
             elif object_id in self.groups:
                 objects.append({"@odata.type": "#microsoft.graph.group", **self.groups[object_id]})
+            elif unknown_as_user:
+                # A role seeded for a principal id the simulator has no user for: listed by id only.
+                objects.append(
+                    {"@odata.type": "#microsoft.graph.user", "id": object_id, "userPrincipalName": None,
+                     "displayName": None}
+                )  # fmt: skip
         return self._collection(
             request,
             objects,
@@ -546,12 +712,19 @@ class GraphService(Service):
         )
 
     async def list_assignments(self, request: Request) -> Response:
-        return self._pim_collection(
+        # The PIM store: assignments PIM shows once its own propagation delay has passed (and until they
+        # end: visible() compares the exact end, not the printed one).
+        now = utc_now()
+        return self._collection(
             request,
-            self.assignments,
-            "roleAssignmentScheduleInstances",
-            ASSIGNMENT_PROPS,
-            ASSIGNMENT_FILTERABLE,
+            [g.instance() for g in self.grants if g.visible("pim", now)],
+            "roleManagement/directory/roleAssignmentScheduleInstances",
+            resource="roleAssignmentScheduleInstances",
+            filterable=ASSIGNMENT_FILTERABLE,
+            unsupported_code="BadRequest",
+            default_props=ASSIGNMENT_PROPS,
+            all_props=ASSIGNMENT_PROPS,
+            odata_type="microsoft.graph.unifiedRoleScheduleInstanceBase",
         )
 
     async def list_requests(self, request: Request) -> Response:
@@ -568,27 +741,453 @@ class GraphService(Service):
         )
 
     async def get_request(self, request: Request) -> Response:
-        wanted = request.path_params["request_id"].lower()
-        for item in self.requests:
-            if item["id"].lower() == wanted:
-                entity_set = "roleManagement/directory/roleAssignmentScheduleRequests"
-                context = f"{self._base(request)}/$metadata#{entity_set}/$entity"
-                props = self._select(
-                    request,
-                    REQUEST_PROPS,
-                    REQUEST_PROPS,
-                    "microsoft.graph.unifiedRoleAssignmentScheduleRequest",
-                )
-                return GraphJSON({"@odata.context": context, **_project(item, props)})
-        raise _not_found(request.path_params["request_id"])
+        item = self._request(request.path_params["request_id"])
+        if item is None:
+            raise _not_found(request.path_params["request_id"])
+        props = self._select(
+            request, REQUEST_PROPS, REQUEST_PROPS, "microsoft.graph.unifiedRoleAssignmentScheduleRequest"
+        )
+        return GraphJSON({"@odata.context": self._request_context(request), **_project(item, props)})
 
     async def not_implemented(self, request: Request) -> Response:
         raise ServiceError(
             501,
-            "The simulator does not create or cancel role assignment schedule requests yet (a later "
-            "issue adds it); only GET is served.",
+            "The simulator does not cancel role assignment schedule requests (adminRemove ends an "
+            "assignment).",
             code="NotImplemented",
         )
+
+    async def create_request(self, request: Request) -> Response:
+        """``POST roleAssignmentScheduleRequests``: ``adminAssign``, ``adminRemove`` and ``adminExtend``,
+        checked in the order PIM reports its errors, each answered with Graph's code."""
+        body = await read_json_body(request)
+        now = self.advance()
+        spec = _request_body(body)
+        action = spec["action"]
+        if action not in SERVED_ACTIONS:
+            raise ServiceError(
+                400,
+                f"The action '{action}' is not supported here: an application can submit "
+                f"{', '.join(SERVED_ACTIONS)} (self* actions act as the signed-in user).",
+                code="InvalidRequest",
+            )
+        principal, role, scope = spec["principalId"], spec["roleDefinitionId"], spec["directoryScopeId"]
+        self._require_principal(principal)
+        behaviour = self.behaviours.for_role(role)
+        validation_only = bool(spec.get("isValidationOnly", False))
+        item: JSON = {
+            "id": new_guid(),
+            "status": "Granted",
+            "createdDateTime": graph_time(now),
+            "completedDateTime": None,
+            "approvalId": None,
+            "customData": spec.get("customData"),
+            "action": action,
+            "principalId": principal,
+            "roleDefinitionId": role,
+            "directoryScopeId": scope,
+            "appScopeId": spec.get("appScopeId"),
+            "isValidationOnly": validation_only,
+            "targetScheduleId": None,
+            "justification": spec.get("justification"),
+            "createdBy": {"application": _caller(request), "device": None, "user": None},
+            "scheduleInfo": None,
+            "ticketInfo": _ticket(spec.get("ticketInfo")),
+        }
+        if action == "adminAssign":
+            self._admin_assign(item, spec, behaviour, now)
+        elif action == "adminRemove":
+            self._admin_remove(item, spec, behaviour, now)
+        else:
+            self._admin_extend(item, spec, behaviour, now)
+        return GraphJSON({"@odata.context": self._request_context(request), **item}, status_code=201)
+
+    def _admin_assign(self, item: JSON, spec: JSON, behaviour: Behaviour, now: datetime) -> None:
+        principal, role, scope = item["principalId"], item["roleDefinitionId"], item["directoryScopeId"]
+        if self._pending_request(principal, role, scope) is not None:
+            raise ServiceError(
+                400,
+                "There is already an existing pending Role assignment request.",
+                code="PendingRoleAssignmentRequest",
+            )
+        if self._live_grants(principal, role, scope, now):
+            raise ServiceError(400, "The Role assignment already exists.", code="RoleAssignmentExists")
+        start, end, schedule = _schedule(spec.get("scheduleInfo"), now)
+        item["scheduleInfo"] = schedule
+        if end is not None and (end - start).total_seconds() < behaviour.minimum_active_seconds:
+            raise _too_short(
+                "The role assignment request's active duration is too short.",
+                behaviour.minimum_active_seconds,
+            )
+        _check_policy(behaviour)
+        if item["isValidationOnly"]:
+            return  # validated; nothing stored, nothing assigned
+        item["targetScheduleId"] = item["id"]
+        timeline = Timeline(
+            request_id=item["id"],
+            submitted=now,
+            behaviour=behaviour,
+            principal_id=principal,
+            role_id=role,
+            scope=scope,
+            app_scope=item["appScopeId"],
+            start=start,
+            end=end,
+        )
+        self.requests.append(item)
+        self.timelines[item["id"]] = timeline
+        self.advance(now)  # with no interim statuses it is Provisioned (and assigned) at once
+
+    def _admin_remove(self, item: JSON, spec: JSON, behaviour: Behaviour, now: datetime) -> None:
+        principal, role, scope = item["principalId"], item["roleDefinitionId"], item["directoryScopeId"]
+        grants = self._live_grants(principal, role, scope, now)
+        if not grants:
+            raise ServiceError(400, "The Role assignment does not exist.", code="RoleAssignmentDoesNotExist")
+        youngest = max(g.activated_at for g in grants)
+        if (now - youngest).total_seconds() < behaviour.minimum_active_seconds:
+            raise _too_short(
+                "The role assignment cannot be removed this soon after it was activated.",
+                behaviour.minimum_active_seconds,
+            )
+        info = spec.get("scheduleInfo")
+        item["scheduleInfo"] = _schedule(info, now)[2] if info is not None else None
+        item["targetScheduleId"] = grants[0].schedule_id
+        item["status"] = "Revoked"
+        if item["isValidationOnly"]:
+            return
+        item["completedDateTime"] = graph_time(now)
+        for grant in grants:
+            self._end(grant, now, "adminRemove", item["id"])
+        self.requests.append(item)
+
+    def _admin_extend(self, item: JSON, spec: JSON, behaviour: Behaviour, now: datetime) -> None:
+        principal, role, scope = item["principalId"], item["roleDefinitionId"], item["directoryScopeId"]
+        grants = self._live_grants(principal, role, scope, now)
+        if not grants:
+            raise ServiceError(400, "The Role assignment does not exist.", code="RoleAssignmentDoesNotExist")
+        _, end, schedule = _schedule(spec.get("scheduleInfo"), now)
+        item["scheduleInfo"] = schedule
+        current = grants[0].end
+        if end is not None and current is not None and end <= current:
+            raise ServiceError(
+                400,
+                f"The extension must end after the assignment's current end ({iso_z(current)}); it ends "
+                f"{iso_z(end)}.",
+                code="InvalidRequest",
+            )
+        _check_policy(behaviour)
+        item["targetScheduleId"] = grants[0].schedule_id
+        item["status"] = "Provisioned"
+        if item["isValidationOnly"]:
+            return
+        item["completedDateTime"] = graph_time(now)
+        for grant in grants:
+            grant.end = end
+        self.requests.append(item)
+
+    def _request_context(self, request: Request) -> str:
+        return (
+            f"{self._base(request)}/$metadata#roleManagement/directory/roleAssignmentScheduleRequests/$entity"
+        )
+
+    def _request(self, request_id: str) -> JSON | None:
+        wanted = request_id.lower()
+        return next((r for r in self.requests if str(r["id"]).lower() == wanted), None)
+
+    def _pending_request(self, principal: str, role: str, scope: str) -> JSON | None:
+        for item in self.requests:
+            if (
+                item["action"] in ACTIVATING_ACTIONS
+                and item["status"] not in TERMINAL_STATUSES
+                and str(item["principalId"]).lower() == principal.lower()
+                and str(item["roleDefinitionId"]).lower() == role.lower()
+                and str(item.get("directoryScopeId") or "/").lower() == scope.lower()
+            ):
+                return item
+        return None
+
+    def _live_grants(self, principal: str, role: str, scope: str, now: datetime) -> list[Grant]:
+        # What the directory holds, whichever stores show it yet: PIM itself knows at once.
+        return [g for g in self.grants if g.live(now) and g.matches(principal, role, scope)]
+
+    def _require_principal(self, principal: str) -> None:
+        known = (
+            principal in self.users
+            or principal in self.groups
+            or any(g.principal_id == principal for g in self.grants)
+            or any(e["principalId"] == principal for e in self.eligibility)
+        )
+        if not known:
+            raise _not_found(principal)
+
+    def _new_assignment_id(self, role: str, principal: str) -> str:
+        # PIM and unified assignment ids read like base64url of (role, principal) plus a sequence: opaque.
+        stem = b64url(uuid.UUID(role).bytes_le + uuid.UUID(principal).bytes_le)
+        n = 1
+        while f"{stem}-{n}" in self._issued_ids:
+            n += 1
+        self._issued_ids.add(f"{stem}-{n}")
+        return f"{stem}-{n}"
+
+    def _grant_from(self, timeline: Timeline, provisioned: datetime) -> Grant:
+        assignment_id = self._new_assignment_id(timeline.role_id, timeline.principal_id)
+        grant = Grant(
+            id=assignment_id,
+            instance_id=assignment_id,
+            principal_id=timeline.principal_id,
+            role_id=timeline.role_id,
+            scope=timeline.scope,
+            app_scope=timeline.app_scope,
+            start=timeline.start,
+            end=timeline.end,
+            assignment_type="Assigned",
+            member_type="Direct",
+            schedule_id=timeline.request_id,
+            origin="pim",
+            request_id=timeline.request_id,
+            activated_at=provisioned,
+            visible_at=visibility(provisioned, timeline.behaviour),
+        )
+        self.grants.append(grant)
+        return grant
+
+    def _end(
+        self, grant: Grant, now: datetime, reason: str, request_id: str | None, at: datetime | None = None
+    ) -> None:
+        """Take an assignment out of every store (removal is immediate everywhere)."""
+        self.grants = [g for g in self.grants if g is not grant]
+        self.ended.append(
+            {**grant.view(now), "endedAt": iso_ms(at or now), "reason": reason, "endedBy": request_id}
+        )
+
+    # ---------------------------------------------------------------- unified RBAC (break-glass path)
+
+    async def list_unified(self, request: Request) -> Response:
+        now = utc_now()
+        return self._collection(
+            request,
+            [g.unified() for g in self.grants if g.visible("unified", now)],
+            "roleManagement/directory/roleAssignments",
+            resource="unifiedRoleAssignment",
+            filterable=UNIFIED_FILTERABLE,
+            unsupported_code="BadRequest",
+            default_props=UNIFIED_PROPS,
+            all_props=UNIFIED_PROPS,
+            odata_type="microsoft.graph.unifiedRoleAssignment",
+        )
+
+    def _unified(self, assignment_id: str) -> Grant:
+        now = utc_now()
+        for grant in self.grants:
+            if grant.id == assignment_id and grant.visible("unified", now):
+                return grant
+        raise _not_found(assignment_id)
+
+    async def get_unified(self, request: Request) -> Response:
+        grant = self._unified(request.path_params["assignment_id"])
+        props = self._select(request, UNIFIED_PROPS, UNIFIED_PROPS, "microsoft.graph.unifiedRoleAssignment")
+        context = f"{self._base(request)}/$metadata#roleManagement/directory/roleAssignments/$entity"
+        return GraphJSON({"@odata.context": context, **_project(grant.unified(), props)})
+
+    async def create_unified(self, request: Request) -> Response:
+        """A direct role assignment in the unified RBAC store: no PIM schedule service involved, so no PIM
+        behaviour (statuses, policy rules) applies; the other stores follow after their delays."""
+        body = await read_json_body(request)
+        now = self.advance()
+        if not isinstance(body, dict):
+            raise ServiceError(400, "The request body must be a JSON object.", code="BadRequest")
+        _known_properties(body, UNIFIED_WRITABLE, "microsoft.graph.unifiedRoleAssignment")
+        principal = _body_guid(body, "principalId")
+        role = _body_guid(body, "roleDefinitionId")
+        scope = _body_scope(body)
+        self._require_principal(principal)
+        if self._live_grants(principal, role, scope, now):
+            raise ServiceError(
+                400,
+                "A conflicting object with one or more of the specified property values is present in the "
+                "directory.",
+                code="Request_BadRequest",
+            )
+        assignment_id = self._new_assignment_id(role, principal)
+        grant = Grant(
+            id=assignment_id,
+            instance_id=assignment_id,
+            principal_id=principal,
+            role_id=role,
+            scope=scope,
+            app_scope=_optional_body_str(body, "appScopeId"),
+            start=now,
+            end=None,
+            assignment_type="Assigned",
+            member_type="Direct",
+            schedule_id=new_guid(),
+            origin="direct",
+            request_id=None,
+            activated_at=now,
+            visible_at=visibility(now, self.behaviours.for_role(role), unified_now=True),
+        )
+        self.grants.append(grant)
+        context = f"{self._base(request)}/$metadata#roleManagement/directory/roleAssignments/$entity"
+        return GraphJSON({"@odata.context": context, **grant.unified()}, status_code=201)
+
+    async def delete_unified(self, request: Request) -> Response:
+        grant = self._unified(request.path_params["assignment_id"])
+        self._end(grant, utc_now(), "deleted", None)
+        return Response(status_code=204)
+
+    # ---------------------------------------------------------------- sessions and directory roles
+
+    async def revoke_sign_in_sessions(self, request: Request) -> Response:
+        user = self._find_user(request.path_params["user_id"])
+        self.session_revocations.setdefault(user["id"], []).append(iso_ms(utc_now()) or "")
+        return GraphJSON({"@odata.context": f"{self._base(request)}/$metadata#Edm.Boolean", "value": True})
+
+    def _directory_roles(self) -> list[JSON]:
+        """Built-in roles exist as directory role objects; so does any other role someone holds."""
+        templates = list(WELL_KNOWN_ROLES)
+        templates += [g.role_id for g in self.grants if g.role_id not in templates]
+        roles = []
+        for template in dict.fromkeys(templates):
+            name, description = WELL_KNOWN_ROLES.get(template, (f"Role {template}", None))
+            roles.append(
+                {
+                    "id": str(uuid.uuid5(_DIRECTORY_ROLE_NAMESPACE, template)),
+                    "deletedDateTime": None,
+                    "description": description,
+                    "displayName": name,
+                    "roleTemplateId": template,
+                }
+            )
+        return roles
+
+    def _directory_role(self, request: Request) -> JSON:
+        # /directoryRoles/{id} takes the object id or the template id (as Graph's does); the alternate key
+        # (roleTemplateId='...') only the template id.
+        params = request.path_params
+        key = str(params.get("template_id") or params.get("role_id") or "").lower()
+        for role in self._directory_roles():
+            if role["roleTemplateId"] == key or ("role_id" in params and role["id"] == key):
+                return role
+        raise _not_found(key)
+
+    async def list_directory_roles(self, request: Request) -> Response:
+        return self._collection(
+            request,
+            self._directory_roles(),
+            "directoryRoles",
+            resource="directoryRole",
+            filterable=DIRECTORY_ROLE_FILTERABLE,
+            unsupported_code="Request_UnsupportedQuery",
+            default_props=DIRECTORY_ROLE_PROPS,
+            all_props=DIRECTORY_ROLE_PROPS,
+            odata_type="microsoft.graph.directoryRole",
+        )
+
+    async def get_directory_role(self, request: Request) -> Response:
+        role = self._directory_role(request)
+        props = self._select(
+            request, DIRECTORY_ROLE_PROPS, DIRECTORY_ROLE_PROPS, "microsoft.graph.directoryRole"
+        )
+        context = f"{self._base(request)}/$metadata#directoryRoles/$entity"
+        return GraphJSON({"@odata.context": context, **_project(role, props)})
+
+    async def directory_role_members(self, request: Request) -> Response:
+        role = self._directory_role(request)
+        now = utc_now()
+        principals = [
+            g.principal_id
+            for g in sorted(self.grants, key=lambda grant: grant.visible_at["directoryRole"])
+            if g.role_id == role["roleTemplateId"] and g.visible("directoryRole", now)
+        ]
+        return self._directory_objects(request, list(dict.fromkeys(principals)), unknown_as_user=True)
+
+    # ---------------------------------------------------------------- Exchange role groups (exchange.py)
+
+    def role_group_members(self, identity: str, now: datetime | None = None) -> list[JSON] | None:
+        """Members of an Exchange role group as ``Get-RoleGroupMember`` lists them, or None if no such group:
+        its seeded members, then holders of its roles once the ``exchange`` delay has passed."""
+        now = now or self.advance()
+        group = self.role_groups.get(identity.casefold())
+        if group is None:
+            return None
+        roles = {r.lower() for r in group["roleDefinitionIds"]}
+        ids = list(group["members"])
+        ids += [
+            g.principal_id
+            for g in sorted(self.grants, key=lambda grant: grant.visible_at["exchange"])
+            if g.role_id in roles and g.visible("exchange", now)
+        ]
+        return [self._exchange_recipient(object_id) for object_id in dict.fromkeys(ids)]
+
+    def _exchange_recipient(self, object_id: str) -> JSON:
+        user = self.users.get(object_id)
+        group = self.groups.get(object_id)
+        if user is not None:
+            alias = str(user["userPrincipalName"]).split("@", 1)[0]
+            return {
+                "Name": alias,
+                "DisplayName": user["displayName"],
+                "Alias": alias,
+                "Identity": alias,
+                "ExternalDirectoryObjectId": object_id,
+                "PrimarySmtpAddress": user["mail"] or user["userPrincipalName"],
+                "WindowsLiveID": user["userPrincipalName"],
+                "RecipientType": "UserMailbox",
+                "RecipientTypeDetails": "UserMailbox",
+            }
+        name = str(group["displayName"]) if group is not None else object_id
+        return {
+            "Name": name,
+            "DisplayName": name,
+            "Alias": group["mailNickname"] if group is not None else None,
+            "Identity": name,
+            "ExternalDirectoryObjectId": object_id,
+            "PrimarySmtpAddress": group["mail"] if group is not None else None,
+            "WindowsLiveID": None,
+            "RecipientType": "MailUniversalSecurityGroup" if group is not None else "User",
+            "RecipientTypeDetails": "RoleGroup" if group is not None else "User",
+        }
+
+    def seed_role_group(self, spec: object) -> JSON:
+        spec = _as_object(spec, "role group")
+        reject_unknown_keys(spec, ("name", "members", "roleDefinitionIds"), "roleGroup")
+        name = require_str(spec, "name", "roleGroup")
+        members = spec.get("members", [])
+        roles = spec.get("roleDefinitionIds", [])
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise SeedError("roleGroup.members is a list of user ids or UPNs (or group ids)")
+        if not isinstance(roles, list) or not all(isinstance(r, str) and is_guid(r) for r in roles):
+            raise SeedError("roleGroup.roleDefinitionIds is a list of role template ids (GUIDs)")
+        member_ids = []
+        for ref in members:
+            user = self.find_user(ref)
+            if user is None and ref.lower() not in self.groups:
+                raise SeedError(
+                    f"roleGroup member {ref!r} is neither a seeded user (id or UPN) nor a seeded group"
+                )
+            member_ids.append(str(user["id"]) if user is not None else ref.lower())
+        # Seeding an existing group (e.g. Organization Management) adds to it.
+        group = self.role_groups.setdefault(
+            name.casefold(), {"name": name, "roleDefinitionIds": [], "members": []}
+        )
+        group["roleDefinitionIds"] = list(
+            dict.fromkeys([*group["roleDefinitionIds"], *(r.lower() for r in roles)])
+        )
+        group["members"] = list(dict.fromkeys([*group["members"], *member_ids]))
+        return dict(group)
+
+    def role_groups_view(self, now: datetime | None = None) -> JSON:
+        now = now or self.advance()
+        return {
+            group["name"]: {**group, "visibleMembers": self.role_group_members(group["name"], now)}
+            for group in self.role_groups.values()
+        }
+
+    # ---------------------------------------------------------------- control: behaviours
+
+    def set_behaviour(self, spec: object) -> JSON:
+        role, behaviour = self.behaviours.set(spec)
+        return {"roleDefinitionId": role, **behaviour.as_json()}
 
     def _pim_collection(
         self,
@@ -822,27 +1421,44 @@ class GraphService(Service):
         return instance
 
     def seed_assignment(self, spec: object) -> JSON:
+        """An assignment that already exists: in every store at once (no propagation delay)."""
         spec = _as_object(spec, "assignment")
         reject_unknown_keys(spec, ASSIGNMENT_PROPS, "assignment")
         principal = self._principal(spec, "assignment")
         role = _required_guid(spec, "roleDefinitionId", "assignment")
         schedule_id = optional_str(spec, "roleAssignmentScheduleId", "assignment") or new_guid()
-        instance = {
-            "id": spec.get("id") or self._instance_id(self.assignments, role, principal, ""),
-            "principalId": principal,
-            "roleDefinitionId": role,
-            "directoryScopeId": optional_str(spec, "directoryScopeId", "assignment", "/"),
-            "appScopeId": optional_str(spec, "appScopeId", "assignment"),
-            **self._window(spec, "assignment"),
-            "assignmentType": _choice(spec, "assignmentType", ASSIGNMENT_TYPES, "Activated", "assignment"),
-            "memberType": _choice(spec, "memberType", MEMBER_TYPES, "Direct", "assignment"),
+        window = self._window(spec, "assignment")
+        start = parse_datetime(window["startDateTime"], "assignment.startDateTime") or utc_now()
+        taken = [{"id": i} for i in self._issued_ids | {g.instance_id for g in self.grants}]
+        instance_id = spec.get("id") or self._instance_id(taken, role, principal, "")
+        self._issued_ids.add(str(instance_id))
+        grant = Grant(
             # In PIM the unified role assignment that an instance produced; a GUID-like id here.
-            "roleAssignmentOriginId": optional_str(spec, "roleAssignmentOriginId", "assignment")
-            or new_guid(),
-            "roleAssignmentScheduleId": schedule_id,
-        }
-        self._upsert(self.assignments, instance)
-        return instance
+            id=optional_str(spec, "roleAssignmentOriginId", "assignment") or new_guid(),
+            instance_id=str(instance_id),
+            principal_id=principal,
+            role_id=role,
+            scope=optional_str(spec, "directoryScopeId", "assignment", "/") or "/",
+            app_scope=optional_str(spec, "appScopeId", "assignment"),
+            start=start,
+            end=parse_datetime(window["endDateTime"], "assignment.endDateTime"),
+            assignment_type=_choice(spec, "assignmentType", ASSIGNMENT_TYPES, "Activated", "assignment"),
+            member_type=_choice(spec, "memberType", MEMBER_TYPES, "Direct", "assignment"),
+            schedule_id=schedule_id,
+            origin="seed",
+            request_id=None,
+            activated_at=start,
+            # Already there: every store shows it from now on (or since it started).
+            visible_at=dict.fromkeys(STORES, min(start, utc_now())),
+        )
+        # Seeding the same instance id again replaces it, in place.
+        for index, existing in enumerate(self.grants):
+            if existing.instance_id == grant.instance_id:
+                self.grants[index] = grant
+                break
+        else:
+            self.grants.append(grant)
+        return grant.instance()
 
     def seed_request(self, spec: object) -> JSON:
         spec = _as_object(spec, "request")
@@ -1007,3 +1623,186 @@ def _choice(spec: JSON, key: str, choices: tuple[str, ...], default: str, what: 
     if value not in choices:
         raise SeedError(f"{what}.{key} must be one of {list(choices)}, got {value!r}")
     return str(value)
+
+
+# -- request bodies (POST roleAssignmentScheduleRequests, POST roleAssignments) -----------------------------
+
+
+def _known_properties(body: Mapping[str, Any], allowed: Iterable[str], odata_type: str) -> None:
+    for key in body:
+        if key not in allowed:
+            raise ServiceError(
+                400,
+                f"The property '{key}' does not exist on type '{odata_type}'. Make sure to only use property "
+                "names that are defined by the type.",
+                code="BadRequest",
+            )
+
+
+def _body_guid(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        raise ServiceError(400, f"The property '{key}' is required.", code="BadRequest")
+    if not isinstance(value, str) or not is_guid(value):
+        raise ServiceError(400, f"Invalid value for '{key}': {value!r} is not a GUID.", code="BadRequest")
+    return value.lower()
+
+
+def _body_scope(body: Mapping[str, Any]) -> str:
+    scope = body.get("directoryScopeId")
+    if scope is None:
+        raise ServiceError(
+            400, "The property 'directoryScopeId' is required ('/' for the tenant).", code="BadRequest"
+        )
+    if not isinstance(scope, str) or not scope.startswith("/"):
+        raise ServiceError(400, f"Invalid directoryScopeId {scope!r}: it starts with '/'.", code="BadRequest")
+    return scope
+
+
+def _optional_body_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ServiceError(400, f"The property '{key}' must be a string.", code="BadRequest")
+    return value
+
+
+def _request_body(body: object) -> JSON:
+    """A schedule request body, shape-checked the way OData does (unknown properties and wrong types: 400)."""
+    if not isinstance(body, dict):
+        raise ServiceError(400, "The request body must be a JSON object.", code="BadRequest")
+    _known_properties(body, REQUEST_WRITABLE, "microsoft.graph.unifiedRoleAssignmentScheduleRequest")
+    action = body.get("action")
+    if action is None:
+        raise ServiceError(400, "The property 'action' is required.", code="BadRequest")
+    if action not in REQUEST_ACTIONS:
+        raise ServiceError(
+            400,
+            f"The requested value '{action}' is not a valid member of enum type "
+            "'microsoft.graph.unifiedRoleScheduleRequestActions'.",
+            code="BadRequest",
+        )
+    validation_only = body.get("isValidationOnly", False)
+    if not isinstance(validation_only, bool):
+        raise ServiceError(400, "The property 'isValidationOnly' must be a boolean.", code="BadRequest")
+    for key in ("justification", "customData", "appScopeId"):
+        _optional_body_str(body, key)
+    for key in ("scheduleInfo", "ticketInfo"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise ServiceError(400, f"The property '{key}' must be an object.", code="BadRequest")
+    return {
+        **body,
+        "principalId": _body_guid(body, "principalId"),
+        "roleDefinitionId": _body_guid(body, "roleDefinitionId"),
+        "directoryScopeId": _body_scope(body),
+    }
+
+
+def _body_datetime(value: object, what: str) -> datetime | None:
+    try:
+        return parse_datetime(value, what)
+    except SeedError as exc:
+        raise ServiceError(400, f"Invalid value for {what}: {exc}", code="BadRequest") from exc
+
+
+def _schedule(info: object, now: datetime) -> tuple[datetime, datetime | None, JSON]:
+    """(start, end or None, the scheduleInfo as Graph echoes it) from a request's ``scheduleInfo``."""
+    if info is None:
+        info = {}
+    if not isinstance(info, dict):
+        raise ServiceError(400, "The property 'scheduleInfo' must be an object.", code="BadRequest")
+    _known_properties(
+        info, ("@odata.type", "startDateTime", "expiration", "recurrence"), "microsoft.graph.requestSchedule"
+    )
+    if info.get("recurrence") is not None:
+        raise ServiceError(
+            400, "Recurrence is not supported for role assignment schedules.", code="BadRequest"
+        )
+    start = _body_datetime(info.get("startDateTime"), "scheduleInfo.startDateTime") or now
+    expiration = info.get("expiration") or {"type": "noExpiration"}
+    if not isinstance(expiration, dict):
+        raise ServiceError(400, "The property 'expiration' must be an object.", code="BadRequest")
+    _known_properties(
+        expiration, ("@odata.type", "type", "duration", "endDateTime"), "microsoft.graph.expirationPattern"
+    )
+    kind = expiration.get("type")
+    duration_text: str | None = None
+    end: datetime | None
+    if kind == "afterDuration":
+        try:
+            duration = parse_duration(expiration.get("duration"))
+        except ValueError as exc:
+            raise ServiceError(400, f"scheduleInfo.expiration.duration: {exc}", code="BadRequest") from exc
+        duration_text = str(expiration["duration"])
+        end = start + duration
+    elif kind == "afterDateTime":
+        end = _body_datetime(expiration.get("endDateTime"), "scheduleInfo.expiration.endDateTime")
+        if end is None:
+            raise ServiceError(400, "expiration type afterDateTime needs an endDateTime.", code="BadRequest")
+        if end <= start:
+            raise ServiceError(
+                400, "The expiration's endDateTime must be after the start.", code="BadRequest"
+            )
+    elif kind == "noExpiration":
+        end = None
+    else:
+        raise ServiceError(
+            400,
+            "scheduleInfo.expiration.type must be afterDuration, afterDateTime or noExpiration, "
+            f"got {kind!r}.",
+            code="BadRequest",
+        )
+    echoed = {
+        "startDateTime": graph_time(start),
+        "recurrence": None,
+        "expiration": {
+            "type": kind,
+            "endDateTime": graph_time(end) if kind == "afterDateTime" else None,
+            "duration": duration_text,
+        },
+    }
+    return start, end, echoed
+
+
+def _ticket(info: object) -> JSON:
+    if info is None:
+        return {"ticketNumber": None, "ticketSystem": None}
+    assert isinstance(info, dict)  # _request_body checked it
+    _known_properties(info, ("@odata.type", "ticketNumber", "ticketSystem"), "microsoft.graph.ticketInfo")
+    return {
+        "ticketNumber": _optional_body_str(info, "ticketNumber"),
+        "ticketSystem": _optional_body_str(info, "ticketSystem"),
+    }
+
+
+def _too_short(what: str, minimum: float) -> ServiceError:
+    return ServiceError(
+        400, f"{what} Minimum Required is {human_seconds(minimum)}.", code="ActiveDurationTooShort"
+    )
+
+
+def _check_policy(behaviour: Behaviour) -> None:
+    if behaviour.policy_failure:
+        rules = json.dumps(list(behaviour.policy_failure), separators=(",", ":"))
+        raise ServiceError(
+            400,
+            f"The following policy rules failed: {rules}",
+            code="RoleAssignmentRequestPolicyValidationFailed",
+        )
+
+
+def _caller(request: Request) -> JSON:
+    """The calling application, as ``createdBy.application``: from the token's ``appid``/``azp`` claim if the
+    bearer token is a JWT, else the simulator's stand-in (its own tokens are opaque)."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    parts = token.split(".")
+    if len(parts) == 3:
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (ValueError, binascii.Error):
+            claims = None
+        if isinstance(claims, dict) and isinstance(claims.get("appid") or claims.get("azp"), str):
+            return {
+                "id": claims.get("appid") or claims.get("azp"),
+                "displayName": claims.get("app_displayname"),
+            }
+    return dict(SIMULATED_CALLER)

@@ -35,6 +35,7 @@ PREFIXES = {
     "jira": "/jira",
     "pagerduty": "/pagerduty",
     "teams": "/teams",
+    "exchange": "/exchange",
 }
 SETTINGS = {
     "graph": "GRAPH_BASE_URL",
@@ -42,6 +43,7 @@ SETTINGS = {
     "jira": "JIRA_BASE_URL",
     "pagerduty": "PAGERDUTY_BASE_URL",
     "teams": "BOT_CONNECTOR_SERVICE_URL",
+    "exchange": "EXCHANGE_ADMIN_BASE_URL",
 }
 BOT_OPENID_METADATA_SETTING = "BOT_OPENID_METADATA_URL"
 
@@ -91,6 +93,11 @@ class SimulatorProcess(ManagedProcess):
         return self.url + PREFIXES["teams"]
 
     @property
+    def exchange_base_url(self) -> str:
+        """Exchange Online's admin API (``EXCHANGE_ADMIN_BASE_URL``): ``{this}/adminapi/beta/{tenant}``."""
+        return self.url + PREFIXES["exchange"]
+
+    @property
     def bot_openid_metadata_url(self) -> str:
         return self.url + METADATA_PATH
 
@@ -124,8 +131,9 @@ class SimulatorProcess(ManagedProcess):
 
     # -- control API --------------------------------------------------------------------------------------
 
-    def control(self, method: str, path: str, json: Any = None, **params: str) -> Any:
-        """Call the control API (``path`` relative to ``/_sim``) and return its JSON; raises on an error."""
+    def control(self, method: str, path: str, /, json: Any = None, **params: str) -> Any:
+        """Call the control API (``path`` relative to ``/_sim``) and return its JSON; raises on an error.
+        ``params`` are query parameters (``method`` and ``path`` among them: the first two are positional)."""
         client = self._http()
         response = client.request(
             method, f"{self.control_url}/{path.lstrip('/')}", json=json, params=params or None
@@ -149,6 +157,25 @@ class SimulatorProcess(ManagedProcess):
     def calls(self, service: str | None = None, **filters: str) -> list[Any]:
         params = {"service": service, **filters} if service else dict(filters)
         return list(self.control("GET", "calls", **params)["calls"])
+
+    def calls_summary(self, service: str | None = None, **filters: str) -> dict[str, int]:
+        """Calls per endpoint, ids normalised to ``{id}``: ``{"POST /roleManagement/...": 1, ...}``."""
+        params = {"service": service, **filters} if service else dict(filters)
+        return dict(self.control("GET", "calls/summary", **params)["counts"])
+
+    def fault(self, **spec: Any) -> str:
+        """Inject one fault (``service``, ``status``, ``path_contains``, ``after``, ...); returns its id."""
+        return str(self.control("POST", "faults", json=spec)["faults"][0])
+
+    def pim_behaviour(self, **spec: Any) -> Any:
+        """``POST /_sim/graph/pim-behaviour``: how PIM treats requests for ``roleDefinitionId`` (or every
+        role without one): ``statuses``, ``final``, ``propagation``, ``policyFailure``,
+        ``minimumActiveSeconds``. Returns the role's behaviour in effect."""
+        return self.control("POST", "graph/pim-behaviour", json=spec)
+
+    def pim_stores(self) -> Any:
+        """``GET /_sim/graph/stores``: each assignment, when each store shows it, and the ended ones."""
+        return self.control("GET", "graph/stores")
 
     def click(self, **spec: Any) -> Any:
         """A user clicks a button on a Teams card: ``POST /_sim/teams/click`` with ``spec`` (``botUrl``,

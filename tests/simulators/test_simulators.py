@@ -290,15 +290,24 @@ def test_sdk_lists_pending_schedule_requests(sim: SimulatorProcess) -> None:
     assert request.schedule_info.expiration.duration == timedelta(hours=1)
 
 
-def test_sdk_post_of_a_schedule_request_is_not_implemented_yet(sim: SimulatorProcess) -> None:
-    async def work(client: GraphServiceClient) -> Any:
+def test_sdk_post_of_a_schedule_request_without_action_is_refused_and_cancel_is_not_served(
+    sim: SimulatorProcess,
+) -> None:
+    # The writes themselves are covered in test_graph_pim.py; here: a body without an action is a 400, and
+    # /cancel (not simulated) says so with 501 rather than pretending.
+    async def post(client: GraphServiceClient) -> Any:
         body = UnifiedRoleAssignmentScheduleRequest(principal_id="x", role_definition_id=GLOBAL_ADMIN)
         return await client.role_management.directory.role_assignment_schedule_requests.post(body)
 
-    with pytest.raises(ODataError) as caught:
-        run_graph(sim, work)
-    assert caught.value.response_status_code == 501
-    assert caught.value.error is not None and caught.value.error.code == "NotImplemented"
+    async def cancel(client: GraphServiceClient) -> Any:
+        requests = client.role_management.directory.role_assignment_schedule_requests
+        return await requests.by_unified_role_assignment_schedule_request_id("r-1").cancel.post()
+
+    for work, status, code in ((post, 400, "BadRequest"), (cancel, 501, "NotImplemented")):
+        with pytest.raises(ODataError) as caught:
+            run_graph(sim, work)
+        assert caught.value.response_status_code == status
+        assert caught.value.error is not None and caught.value.error.code == code
 
 
 def test_sdk_group_membership_direct_transitive_and_check_member_groups(sim: SimulatorProcess) -> None:
@@ -932,6 +941,7 @@ def test_settings_names_are_the_apps() -> None:
         "PAGERDUTY_BASE_URL": "http://127.0.0.1:7081/pagerduty",
         "BOT_CONNECTOR_SERVICE_URL": "http://127.0.0.1:7081/teams",
         "BOT_OPENID_METADATA_URL": "http://127.0.0.1:7081/botframework/v1/.well-known/openidconfiguration",
+        "EXCHANGE_ADMIN_BASE_URL": "http://127.0.0.1:7081/exchange",
     }
     assert set(process.settings) <= set(SETTINGS_VARIABLES)
 
