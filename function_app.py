@@ -8,6 +8,7 @@ from activities import access_request as access_request_activities
 from activities import approval as approval_activities
 from activities import self_check as self_check_activities
 from orchestrators import access, access_request, approval, intake, request_status, self_check, teams_bot
+from orchestrators import sweep as expiry_sweep
 from shared.configuration import load_configuration
 
 # Fail fast at start-up: a missing setting or a bad policy names itself in the host's log.
@@ -25,3 +26,4 @@ app.register_functions(approval_activities.bp)
 app.register_functions(teams_bot.bp)
 app.register_functions(access.bp)
 app.register_functions(access_activities.bp)
+app.register_functions(expiry_sweep.bp)

@@ -9,12 +9,14 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from shared import services
 from shared.configuration import load_configuration
 from shared.directory import DirectoryError
+from shared.exchange import exchange_role_group_probe
 from shared.grants import Grant
 from shared.models import AccessRequest
 from shared.pim import Pim, PimAnswer
-from shared.services import bot_connector, directory, grant_ledger
+from shared.services import bot_connector, exchange, grant_ledger
 
 ACTIVATE = "activate_role"
 RUN_PROBES = "run_access_probes"
@@ -24,12 +26,15 @@ REMOVE = "remove_role"
 REVOKE_SESSIONS = "revoke_sign_in_sessions"
 NOTIFY = "notify_in_teams"
 PLAN_ACCESS = "plan_access"
+ASSIGN_DIRECT = "assign_role_directly"
+REMOVE_DIRECT = "remove_direct_assignment"
 
 bp = df.Blueprint()
 
 
 def _pim() -> Pim:
-    return Pim(directory())
+    # PIM and unified RBAC behind the circuit breaker shared by all requests (shared.breaker).
+    return services.pim()
 
 
 @bp.activity_trigger(input_name="payload", activity=PLAN_ACCESS)
@@ -62,7 +67,7 @@ async def activate(payload: dict[str, Any]) -> dict[str, Any]:
     if active.value:
         return {"verdict": "exists", "requestId": "", "instances": active.value,
                 "graph": active.call.__dict__}  # fmt: skip
-    pending = await directory().pending_requests(responder, role)
+    pending = await pim.pending_requests(responder, role)
     if pending.value:
         return {"verdict": "pending", "requestId": pending.value[0].id, "status": pending.value[0].kind,
                 "graph": pending.call.__dict__}  # fmt: skip
@@ -90,13 +95,17 @@ async def run_probes(payload: dict[str, Any]) -> list[dict[str, Any]]:
             elif probe == "directory_role_member":
                 members = await pim.directory_role_members(role)
                 passed, evidence, call = responder.lower() in members.value, {}, members.call
+            elif probe == "exchange_role_group":  # the workload's own view (shared/exchange.py)
+                results.append(await exchange_role_group_probe(exchange(), responder, role))
+                continue
             else:
                 reason = f"probe {probe!r} is not available in this version"
                 results.append({"probe": probe, "passed": False, "reason": reason, "graph": None})
                 continue
         except DirectoryError as error:
             results.append({"probe": probe, "passed": False, "reason": str(error)[:300],
-                            "graph": error.call.__dict__, "code": error.code})  # fmt: skip
+                            "graph": error.call.__dict__, "code": error.code,
+                            "retryAfter": error.retry_after})  # fmt: skip
             continue
         results.append({"probe": probe, "passed": passed, "evidence": evidence, "graph": call.__dict__,
                         "reason": "" if passed else "not visible yet"})  # fmt: skip
@@ -128,6 +137,20 @@ def set_grant_state(payload: dict[str, Any]) -> dict[str, Any]:
 @bp.activity_trigger(input_name="payload", activity=REMOVE)
 async def remove(payload: dict[str, Any]) -> dict[str, Any]:
     answer = await _pim().remove(payload["responderId"], payload["templateId"], payload["justification"])
+    return answer.to_json()
+
+
+@bp.activity_trigger(input_name="payload", activity=ASSIGN_DIRECT)
+async def assign_directly(payload: dict[str, Any]) -> dict[str, Any]:
+    """Break-glass: a direct unified RBAC assignment (no PIM schedule service). A retry after a write that
+    took effect answers "exists" with the assignment's id, so one approval assigns once."""
+    answer = await _pim().assign_direct(payload["responderId"], payload["templateId"])
+    return answer.to_json()
+
+
+@bp.activity_trigger(input_name="payload", activity=REMOVE_DIRECT)
+async def remove_direct(payload: dict[str, Any]) -> dict[str, Any]:
+    answer = await _pim().remove_direct(payload["assignmentId"])
     return answer.to_json()
 
 

@@ -8,12 +8,21 @@ is sent at most once per stage and round unless the host dies between sending it
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 
-from shared.approvals import ApprovalPlan, ApprovalRound, CardRecord, Vote, plan_approval, request_summary
+from shared.approvals import (
+    ApprovalPlan,
+    ApprovalRound,
+    CardRecord,
+    Vote,
+    break_glass_stages,
+    plan_approval,
+    request_summary,
+)
 from shared.cards import card_summary, reminder_text, round_card
 from shared.configuration import load_configuration
 from shared.directory import DirectoryError
@@ -66,6 +75,7 @@ async def plan(payload: dict[str, Any]) -> dict[str, Any]:
         "dueSeconds": policy.timings.approval_due.total_seconds(),
         "reminderSeconds": policy.timings.approval_reminder.total_seconds(),
         "reviewSeconds": policy.timings.review_due.total_seconds(),
+        "breakGlass": [asdict(stage) for stage in break_glass_stages(policy)],
         "graph": call,
     }
 

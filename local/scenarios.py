@@ -120,3 +120,50 @@ def click_card(sims: SimulatorProcess, app_url: str, card: dict[str, Any], user:
             "tenantId": SAMPLE_TENANT_ID, "botAppId": SAMPLE_BOT_APP_ID, **options}  # fmt: skip
     answer: dict[str, Any] = sims.click(**spec)
     return answer
+
+
+def resolve_incident(
+    sims: SimulatorProcess, app_url: str, secret: str, world: dict[str, Any]
+) -> dict[str, Any]:
+    """The service desk resolves the world's incident: ServiceNow sends the ``resolved`` event (design.md §4),
+    which ends every running request of the ticket; the app's answer."""
+    payload = servicenow_payload(world, event="resolved", state="6", incident__state="6")
+    return send_servicenow(sims, app_url, secret, payload)
+
+
+def ticket_notes(sims: SimulatorProcess, world: dict[str, Any]) -> list[str]:
+    """The work notes on the world's ServiceNow incident, oldest first."""
+    view = sims.control("GET", f"servicenow/incidents/{world['incident']['sys_id']}")
+    return [
+        str(note.get("value", note)) if isinstance(note, dict) else str(note) for note in view["work_notes"]
+    ]
+
+
+def conversation_texts(sims: SimulatorProcess, conversation_id: str) -> list[str]:
+    """The texts of the messages the bot posted in one Teams conversation, oldest first (none yet: [])."""
+    conversations = sims.control("GET", "teams/conversations")["conversations"]
+    if conversation_id not in conversations:
+        return []
+    return [str(a.get("text") or "") for a in conversations[conversation_id]["activities"]]
+
+
+def personal_chat_texts(sims: SimulatorProcess, user_id: str) -> list[str]:
+    """The texts the bot posted in its 1:1 chat with ``user_id`` (an Entra object id), oldest first."""
+    conversations = sims.control("GET", "teams/conversations")["conversations"]
+    return [str(a.get("text") or "") for c in conversations.values() if c["members"] == [user_id]
+            for a in c["activities"]]  # fmt: skip
+
+
+def assignments_in_effect(sims: SimulatorProcess, principal_ids: list[str]) -> list[dict[str, Any]]:
+    """Every role assignment still in effect (any path: seeded, PIM or direct) for one of ``principal_ids``,
+    as the Graph simulator's stores hold it (``GET /_sim/graph/stores``)."""
+    wanted = set(principal_ids)
+    return [g for g in sims.pim_stores()["grants"] if g["principalId"] in wanted]
+
+
+def unfinished_pim_requests(sims: SimulatorProcess, principal_ids: list[str]) -> list[dict[str, Any]]:
+    """PIM schedule requests for ``principal_ids`` not final yet (PIM may still act on them)."""
+    final = {"Provisioned", "Denied", "Failed", "Canceled", "Revoked"}
+    wanted = set(principal_ids)
+    return [r for r in sims.state()["graph"]["requests"]
+            if r.get("principalId") in wanted and r.get("status") not in final]  # fmt: skip

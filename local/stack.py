@@ -174,20 +174,23 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def demo() -> int:
-    from local.demo import run_demo
+    from local.demo import QUIET_SWEEP_SCHEDULE, run_demo, write_demo_policy
 
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pim-demo-") as temp, Azurite() as azurite:
         work = Path(temp)
+        policy = write_demo_policy(work)  # the production policy with seconds for minutes
         simulators = SimulatorProcess(log_path=work / "simulators.log")
         simulators.start()
         settings = work / "local.settings.json"
         write_settings(settings, connection_string(azurite.port), {
             **simulators.settings, "IDENTITY_ENDPOINT": simulators.url + TOKEN_PATH,
+            "POLICY_PATH": str(policy), "SWEEP_SCHEDULE": QUIET_SWEEP_SCHEDULE,
         })  # fmt: skip
         devhost = DevhostProcess(settings, work / "devhost.log")
         try:
             devhost.start()
-            ok = run_demo(devhost, simulators, azurite.connection_string)
+            ok = run_demo(devhost, simulators, azurite.connection_string, policy)
         except Exception as exc:
             print(f"demo failed: {type(exc).__name__}: {exc}\n--- devhost log ---\n{devhost.log_tail()}")
             ok = False
@@ -195,6 +198,7 @@ def demo() -> int:
             code = devhost.stop()
             simulators.stop()
             print(f"devhost stopped (exit code {code}); simulators and Azurite stopping")
+    print(f"make demo: {'PASSED' if ok else 'FAILED'} in {time.monotonic() - began:.0f} s (stack included)")
     return 0 if ok else 1
 
 

@@ -28,21 +28,34 @@ from activities.access import (
     PLAN_ACCESS,
     RECORD_GRANT,
     REMOVE,
+    REMOVE_DIRECT,
     REVOKE_SESSIONS,
     RUN_PROBES,
     SET_GRANT_STATE,
 )
+from orchestrators import break_glass
 from orchestrators.approval import await_review, conclude_review, review_event
-from orchestrators.flow import RETRY, RequestFlow, Steps
+from orchestrators.flow import RESOLUTION_EVENT, RETRY, RETRYABLE_VERDICTS, RequestFlow, Steps
 from shared.approvals import ApprovalRound
-from shared.proof import effective, failing, next_wait, stores_disagree
+from shared.proof import PIM_PROBE, asked_to_wait, effective, failing, next_wait, stores_disagree
 
 PROOF_ORCHESTRATOR = "proof"
-RESOLUTION_EVENT = "IncidentResolved"
-_MAX_WRITE_ATTEMPTS = 6
-_RETRYABLE = ("throttled", "unavailable", "not_found")
+__all__ = ["PROOF_ORCHESTRATOR", "RESOLUTION_EVENT", "activate_to_revoke", "proof_instance_id"]
 
 bp = df.Blueprint()
+
+
+def proof_instance_id(request_id: str) -> str:
+    return f"{request_id}-proof"
+
+
+def _probe(
+    flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], probes: list[str] | None = None
+) -> Any:
+    """The task that runs the role's probes (or ``probes``) once."""
+    payload = {"responderId": responder["userId"], "templateId": plan["templateId"],
+               "probes": probes if probes is not None else plan["probes"]}  # fmt: skip
+    return flow.context.call_activity_with_retry(RUN_PROBES, RETRY, payload)
 
 
 def _at(moment: datetime) -> str:
@@ -50,27 +63,26 @@ def _at(moment: datetime) -> str:
 
 
 def _compact(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "probe": r["probe"],
-            "passed": r["passed"],
-            "reason": r.get("reason", ""),
-            "requestId": (r.get("graph") or {}).get("request_id", ""),
-        }
-        for r in results
-    ]
+    """Each probe's result as evidence: the answer, and what lets Microsoft trace the call (its status, error
+    code, ``request-id`` and our ``client-request-id``)."""
+    compact = []
+    for r in results:
+        graph = r.get("graph") or {}
+        compact.append({"probe": r["probe"], "passed": r["passed"], "reason": r.get("reason", ""),
+                        "status": graph.get("status", 0), "code": r.get("code", ""),
+                        "requestId": graph.get("request_id", ""),
+                        "clientRequestId": graph.get("client_request_id", "")})  # fmt: skip
+    return compact
 
 
-def _write_wait(answer: dict[str, Any], attempt: int) -> timedelta:
-    """How long to wait before writing again: Graph's Retry-After when it gave one, else 5 s doubling."""
-    retry_after = answer.get("retryAfter")
-    return timedelta(seconds=float(retry_after)) if retry_after else timedelta(seconds=5 * 2**attempt)
+ACCEPTED = ("done", "exists", "pending")
 
 
 def activate(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any]) -> Steps:
-    """Submit the activation; returns the accepted answer (verdict done/exists/pending) or None when PIM
-    refused it for good (the reason is recorded and the caller escalates)."""
-    context, request = flow.context, flow.request
+    """Submit the activation; returns PIM's last answer: accepted (verdict in ACCEPTED), refused for good
+    (a policy rule, ...), or still failing after the retries (throttled, unavailable: it may have taken
+    effect all the same)."""
+    request = flow.request
     justification = (
         f"Emergency access for {request.system} {request.ticket} (incident "
         f"{request.incident.number if request.incident else 'none'}): {request.justification}"
@@ -83,39 +95,29 @@ def activate(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any])
         "ticketNumber": request.ticket,
         "ticketSystem": request.system,
     }
-    for attempt in range(_MAX_WRITE_ATTEMPTS):
-        answer = yield context.call_activity_with_retry(ACTIVATE, RETRY, payload)
-        accepted = answer["verdict"] in ("done", "exists", "pending")
-        yield from flow.record(
-            "activation.submit",
-            "accepted" if accepted else answer["verdict"],
-            {
-                "attempt": attempt + 1,
-                "verdict": answer["verdict"],
-                "requestId": answer.get("requestId", ""),
-                "status": answer.get("status", ""),
-                "code": answer.get("code", ""),
-                "message": answer.get("message", ""),
-                "durationSeconds": payload["durationSeconds"],
-            },
-            role=request.role,
-            actor_id=responder["userId"],
-            actor_upn=responder["upn"],
-            graph=answer.get("graph"),
-        )
-        if accepted:
-            return answer
-        if answer["verdict"] not in _RETRYABLE:
-            return None
-        yield context.create_timer(context.current_utc_datetime + _write_wait(answer, attempt))
-    return None
+    detail = {"durationSeconds": payload["durationSeconds"]}
+    return (yield from flow.write(ACTIVATE, payload, "activation.submit", ACCEPTED, detail, responder))
 
 
 @bp.orchestration_trigger(context_name="context", orchestration=PROOF_ORCHESTRATOR)
 def proof(context: df.DurableOrchestrationContext) -> Steps:
     """Input: requestId, request, seq, responder {userId, upn}, plan (shared by plan_access), submittedAt.
-    Output: outcome (effective, deadline), effectiveAt, lowerBound, polls, failing, results, seq."""
+    Output: outcome (effective, deadline, resolved), effectiveAt, lowerBound, polls, failing, results, seq."""
     flow = RequestFlow(context)
+    resolved = context.wait_for_external_event(RESOLUTION_EVENT)  # one wait, raced with every timer
+
+    def until(moment: datetime) -> Steps:
+        """Wait until ``moment``; True when the incident was resolved first."""
+        timer = context.create_timer(moment)
+        winner = yield context.task_any([timer, resolved])
+        if winner is resolved:
+            timer.cancel()
+            yield from flow.record(
+                "proof.stopped", "resolved", {"event": resolved.result}, role=flow.request.role
+            )
+            return True
+        return False
+
     start = context.get_input()
     plan, responder = start["plan"], start["responder"]
     submitted = datetime.fromisoformat(start["submittedAt"])
@@ -124,19 +126,24 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
     first, cap = timedelta(seconds=plan["firstProbe"]), timedelta(seconds=plan["maxProbe"])
     next_progress = submitted + progress
     last_failed: datetime | None = None
+    provisioned: datetime | None = None
     disagree_since: datetime | None = None
     routed = False
     polls = 0
-    yield context.create_timer(min(submitted + first, deadline))
+    stopped = {"outcome": "resolved", "polls": polls, "failing": [], "results": []}
+    if (yield from until(min(submitted + first, deadline))):
+        return {**stopped, "seq": flow.seq}
     while True:
-        results = yield context.call_activity_with_retry(
-            RUN_PROBES,
-            RETRY,
-            {"responderId": responder["userId"], "templateId": plan["templateId"], "probes": plan["probes"]},
-        )
+        results = yield _probe(flow, plan, responder)
         polls += 1
         now = context.current_utc_datetime
         passed = effective(results, plan["probes"])
+        if provisioned is None and any(r["probe"] == PIM_PROBE and r["passed"] for r in results):
+            provisioned = now  # PIM's own store shows it: provisioned, not yet proven
+            yield from flow.record("activation.provisioned", "recorded", {"provisionedAt": now.isoformat(),
+                                   "secondsAfterSubmission": (now - submitted).total_seconds()},
+                                   role=flow.request.role)  # fmt: skip
+            yield from flow.ticket(f"Provisioned in PIM at {_at(now)}; proving that it works.")
         calls = [r["graph"] for r in results if r.get("graph")]
         yield from flow.record(
             "proof.poll",
@@ -152,6 +159,7 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
         if passed:
             detail = {
                 "effectiveAt": now.isoformat(),
+                "provisionedAt": provisioned.isoformat() if provisioned else None,
                 "lowerBound": last_failed.isoformat() if last_failed else None,
                 "secondsAfterSubmission": (now - submitted).total_seconds(),
                 "polls": polls,
@@ -172,7 +180,7 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
                 routed = True
                 text = (
                     f"[{flow.request_id}] {flow.request.role} for {responder['upn']}: PIM shows the "
-                    f"assignment, but {', '.join(failing(results))} still do not, for "
+                    f"assignment, but it has been missing from {', '.join(failing(results))} for "
                     f"{int((now - disagree_since).total_seconds())} s. Evidence: "
                     f"{_compact(results)}"
                 )
@@ -209,8 +217,10 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
                 "sent",
                 {"failing": failing(results), "nextUpdate": next_progress.isoformat()},
             )
-        wake = min(now + next_wait(polls - 1, first, cap), deadline)
-        yield context.create_timer(wake)
+        wake = min(now + max(next_wait(polls - 1, first, cap), asked_to_wait(results)), deadline)
+        if (yield from until(wake)):
+            return {**stopped, "polls": polls, "failing": failing(results), "results": _compact(results),
+                    "seq": flow.seq}  # fmt: skip
 
 
 def hold_and_revoke(
@@ -220,26 +230,49 @@ def hold_and_revoke(
     submitted: datetime,
     proven: bool,
     grant_id: str,
+    resolved: Any,
     review: ApprovalRound | None = None,
+    resolved_during_proof: bool = False,
+    escalation: break_glass.Escalation | None = None,
 ) -> Steps:
-    """Hold until the incident is resolved or the duration ends (probing slowly while not proven), then
-    revoke; the review of a rule-approved request is recorded whenever it comes. Returns why the access
-    ended, and how."""
+    """Hold until the incident is resolved (``resolved``: the request's one wait for it) or the duration
+    ends, probing slowly while not proven, then revoke. Meanwhile the review of a rule-approved request is
+    recorded whenever it comes, and an escalation card's answer may start break-glass. Returns why the
+    access ended, and how."""
     context, request = flow.context, flow.request
     end_at = submitted + request.duration
     slow = timedelta(seconds=plan["slowProbe"])
-    reason = "the approved duration ended"
-    while True:
+    # Resolved before the hold (the proof stopped on it, or it came before proof began): revoke at once.
+    stop = resolved_during_proof or resolved.is_completed
+    reason = "the incident was resolved" if stop else "the approved duration ended"
+    reviewed = review_event(flow, review) if review is not None else None  # one wait, like ``resolved``
+    direct: dict[str, str] | None = None
+    while not stop:
         wake = end_at if proven else min(end_at, context.current_utc_datetime + slow)
         timer = context.create_timer(wake)
-        resolved = context.wait_for_external_event(RESOLUTION_EVENT)
-        reviewed = review_event(flow, review) if review is not None else None
-        winner = yield context.task_any([resolved, timer, *([reviewed] if reviewed is not None else [])])
+        waits = [resolved, timer, *([reviewed] if review is not None else [])]
+        waits += [escalation.event] if escalation is not None else []
+        winner = yield context.task_any(waits)
         if review is not None and winner is reviewed:
             # The post-facto review of a rule-approved request came in while the access is held.
             timer.cancel()
             yield from conclude_review(flow, review, answered=True)
             review = None
+            continue
+        if escalation is not None and winner is escalation.event:
+            timer.cancel()
+            verb = yield from break_glass.answer(flow, escalation)
+            if verb == "refused":
+                continue
+            if verb == "approve":
+                outcome = yield from break_glass.decide(flow, escalation, responder, end_at)
+                if outcome == "approved":
+                    direct = yield from break_glass.assign(flow, plan, responder, end_at)
+                    if direct is not None and not proven:
+                        proven = yield from _prove_once(flow, plan, responder, "break-glass")
+                elif outcome == "resolved":
+                    stop, reason = True, "the incident was resolved"
+            escalation = None  # one break-glass per request
             continue
         if winner is resolved:
             timer.cancel()
@@ -248,43 +281,42 @@ def hold_and_revoke(
             break
         if context.current_utc_datetime >= end_at:
             break
-        results = yield context.call_activity_with_retry(
-            RUN_PROBES,
-            RETRY,
-            {"responderId": responder["userId"], "templateId": plan["templateId"], "probes": plan["probes"]},
-        )
-        proven = effective(results, plan["probes"])
-        yield from flow.record(
-            "proof.poll",
-            "passed" if proven else "failed",
-            {"results": _compact(results), "cadence": "slow"},
-            role=request.role,
-        )
-        if proven:
-            now = context.current_utc_datetime
-            yield from flow.record(
-                "proof.effective",
-                "passed",
-                {"effectiveAt": now.isoformat(), "late": True},
-                role=request.role,
-                actor_id=responder["userId"],
-                actor_upn=responder["upn"],
-            )
-            yield from hand_over(flow, responder, now)
-    state = yield from revoke(flow, plan, responder, submitted, grant_id, reason)
+        proven = yield from _prove_once(flow, plan, responder, "slow")
+    if escalation is not None:  # still open: the access ended without break-glass
+        yield from break_glass.close_escalation(flow, escalation, "closed", [])
+    state = yield from revoke(flow, plan, responder, submitted, grant_id, reason, direct)
     if review is not None:  # not answered while the access was held: it may still come, until its due time
-        yield from await_review(flow, review)
+        yield from await_review(flow, review, reviewed)
     return reason, state
 
 
-def hand_over(flow: RequestFlow, responder: dict[str, Any], effective_at: datetime) -> Steps:
+def _prove_once(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], cadence: str) -> Steps:
+    """One probe round after the proof deadline (the slow cadence, or right after break-glass); when it
+    proves the access, the responder and the ticket are told. Returns whether it did."""
+    results = yield _probe(flow, plan, responder)
+    proven = effective(results, plan["probes"])
+    detail = {"results": _compact(results), "cadence": cadence}
+    yield from flow.record("proof.poll", "passed" if proven else "failed", detail, role=flow.request.role)
+    if proven:
+        now = flow.context.current_utc_datetime
+        yield from flow.record("proof.effective", "passed", {"effectiveAt": now.isoformat(), "late": True,
+                                                             "cadence": cadence},
+                               role=flow.request.role, actor_id=responder["userId"],
+                               actor_upn=responder["upn"])  # fmt: skip
+        yield from hand_over(flow, responder, now)
+    return proven
+
+
+def hand_over(flow: RequestFlow, responder: dict[str, Any], effective_at: datetime, facts: str = "") -> Steps:
+    """Tell the responder and the ticket that the access works (``facts``: the timings, for the ticket)."""
     text = (
         f"Your {flow.request.role} access works (proven at {_at(effective_at)}). If a workload still "
         "refuses, sign out and back in: tokens issued before the activation do not carry the role."
     )
     yield flow.context.call_activity_with_retry(NOTIFY, RETRY, {"userId": responder["userId"], "text": text})
     yield from flow.ticket(
-        f"Access effective at {_at(effective_at)}: work can proceed.", state_key="in_progress"
+        f"Access effective at {_at(effective_at)}: work can proceed.{' ' + facts if facts else ''}",
+        state_key="in_progress",
     )
     yield from flow.set_state("effective", f"effective at {effective_at.isoformat()}")
 
@@ -296,7 +328,10 @@ def revoke(
     submitted: datetime,
     grant_id: str,
     reason: str,
+    direct: dict[str, str] | None = None,
 ) -> Steps:
+    """Remove the PIM assignment (and the break-glass one, ``direct``: grantId, assignmentId), read the
+    stores back, revoke sessions when the role's policy says so, and tell the ledger and the ticket."""
     context, request = flow.context, flow.request
     payload = {
         "responderId": responder["userId"],
@@ -304,50 +339,35 @@ def revoke(
         "justification": f"Emergency access for {request.ticket} ended: {reason}",
     }
     removed = False
-    for attempt in range(_MAX_WRITE_ATTEMPTS):
-        answer = yield context.call_activity_with_retry(REMOVE, RETRY, payload)
-        removed = answer["verdict"] in ("done", "absent")
-        yield from flow.record(
-            "revocation.remove",
-            "accepted" if removed else answer["verdict"],
-            {
-                "attempt": attempt + 1,
-                "verdict": answer["verdict"],
-                "requestId": answer.get("requestId", ""),
-                "code": answer.get("code", ""),
-                "message": answer.get("message", ""),
-                "reason": reason,
-            },
-            role=request.role,
-            actor_id=responder["userId"],
-            actor_upn=responder["upn"],
-            graph=answer.get("graph"),
+    for _ in range(3):
+        answer = yield from flow.write(
+            REMOVE, payload, "revocation.remove", ("done", "absent"), {"reason": reason}, responder
         )
-        if removed:
+        removed = answer["verdict"] in ("done", "absent")
+        if answer["verdict"] != "too_soon":
             break
-        if answer["verdict"] == "too_soon":
-            # PIM refuses a removal within its minimum active time: schedule it, do not fail.
-            yield context.call_activity_with_retry(
-                SET_GRANT_STATE, RETRY, {"grantId": grant_id, "state": "removal_scheduled", "detail": reason}
-            )
-            not_before = submitted + timedelta(seconds=plan["minimumActive"] + 5)
-            yield context.create_timer(max(not_before, context.current_utc_datetime + timedelta(seconds=5)))
-            continue
-        if answer["verdict"] not in _RETRYABLE:
-            break
-        yield context.create_timer(context.current_utc_datetime + _write_wait(answer, attempt))
+        # PIM refuses a removal within its minimum active time: schedule it, do not fail.
+        yield context.call_activity_with_retry(
+            SET_GRANT_STATE, RETRY, {"grantId": grant_id, "state": "removal_scheduled", "detail": reason}
+        )
+        not_before = submitted + timedelta(seconds=plan["minimumActive"] + 5)
+        yield context.create_timer(max(not_before, context.current_utc_datetime + timedelta(seconds=5)))
+    if direct is not None:  # the break-glass assignment, removed like any grant
+        answer = yield from flow.write(
+            REMOVE_DIRECT, {"assignmentId": direct["assignmentId"]}, "revocation.remove_direct",
+            ("done", "absent"), {"reason": reason, "grantId": direct["grantId"]}, responder,
+        )  # fmt: skip
+        removed_direct = answer["verdict"] in ("done", "absent")
+        yield context.call_activity_with_retry(
+            SET_GRANT_STATE, RETRY,
+            {"grantId": direct["grantId"], "state": "removed" if removed_direct else "removal_failed",
+             "detail": reason},
+        )  # fmt: skip
+        removed = removed and removed_direct
     confirmed = False
     if removed:
         for attempt in range(5):  # read back: the stores drop the assignment at their own pace
-            results = yield context.call_activity_with_retry(
-                RUN_PROBES,
-                RETRY,
-                {
-                    "responderId": responder["userId"],
-                    "templateId": plan["templateId"],
-                    "probes": ["pim_instance", "unified_assignment"],
-                },
-            )
+            results = yield _probe(flow, plan, responder, ["pim_instance", "unified_assignment"])
             confirmed = not any(r["passed"] for r in results)
             if confirmed:
                 break
@@ -392,15 +412,38 @@ def revoke(
         return "removal_failed"
 
 
+def resolved_already(flow: RequestFlow, resolved: Any) -> Steps:
+    """Whether the resolution has arrived, without waiting for it. ``resolved`` is the request's one wait
+    for it: an event that came while the orchestration awaited something else is buffered and completes the
+    wait once the wait is yielded, so it is yielded once against a timer due now."""
+    if resolved.is_completed:
+        return True
+    now = flow.context.current_utc_datetime
+    timer = flow.context.create_timer(now)
+    winner = yield flow.context.task_any([resolved, timer])
+    if winner is resolved:
+        timer.cancel()
+        return True
+    return False
+
+
 def activate_to_revoke(
-    flow: RequestFlow, responder: dict[str, Any], review: ApprovalRound | None = None
+    flow: RequestFlow,
+    responder: dict[str, Any],
+    resolved: Any,
+    review: ApprovalRound | None = None,
+    last_round: int = 0,
 ) -> Steps:
-    """From an approved request to removed access: the whole second half of the flow."""
+    """From an approved request to removed access: the whole second half of the flow. ``resolved`` is the
+    request's one wait for the incident's resolution (created before approval; checked by the caller);
+    ``last_round`` the last approval round number the request used (escalation cards come after it)."""
     context, request = flow.context, flow.request
     plan = yield context.call_activity_with_retry(PLAN_ACCESS, RETRY, {"request": request.to_dict()})
     answer = yield from activate(flow, plan, responder)
-    if answer is None:
-        reason = "PIM did not accept the activation (see the activation rows)"
+    accepted = answer["verdict"] in ACCEPTED
+    if not accepted and answer["verdict"] not in RETRYABLE_VERDICTS:
+        reason = (f"PIM refused the activation: {answer['verdict']} {answer.get('code', '')} "
+                  f"{answer.get('message', '')}".strip())  # fmt: skip
         text = f"[{flow.request_id}] {request.role} for {responder['upn']} could not be activated: {reason}."
         yield context.call_activity_with_retry(
             NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
@@ -424,42 +467,107 @@ def activate_to_revoke(
             "expiresAt": (submitted + request.duration).isoformat(),
         },
     )
+    if not accepted:
+        # PIM could not be reached (throttled, 5xx, the breaker open) after the retries. The POST may still
+        # have taken effect: the grant is recorded, so it is removed at the end whatever happened, and IAM
+        # gets the escalation card, whose break-glass does not depend on PIM.
+        failed: dict[str, Any] = {"outcome": "deadline", "seq": flow.seq, "failing": ["activation"],
+                                  "results": [{"verdict": answer["verdict"], "code": answer.get("code", ""),
+                                               "graph": answer.get("graph")}]}  # fmt: skip
+        yield from escalate(flow, plan, responder, failed,
+                            f"PIM did not accept the activation after the retries ({answer['verdict']} "
+                            f"{answer.get('code', '')})")  # fmt: skip
+        escalation = yield from break_glass.open_escalation(
+            flow, responder, resolved, last_round, submitted + request.duration
+        )
+        reason, state = yield from hold_and_revoke(
+            flow,
+            plan,
+            responder,
+            submitted,
+            False,
+            grant["grant_id"],
+            resolved,
+            review,
+            escalation=escalation,
+        )
+        return {"requestId": flow.request_id, "state": state, "reason": reason, "proven": False}
     yield from flow.ticket(
         f"Activation submitted to PIM at {_at(submitted)} (request {answer.get('requestId') or 'existing'},"
         f" {answer.get('status') or answer['verdict']}); proving effective access.",
         state_key="pending_validated",
     )
     yield from flow.set_state("activated", f"submitted at {submitted.isoformat()}")
-    proved = yield context.call_sub_orchestrator(
-        PROOF_ORCHESTRATOR,
-        {
-            "requestId": flow.request_id,
-            "request": request.to_dict(),
-            "seq": flow.seq,
-            "checks": flow.checks,
-            "responder": responder,
-            "plan": plan,
-            "submittedAt": submitted.isoformat(),
-        },
-        f"{flow.request_id}-proof",
-    )
+    if (yield from resolved_already(flow, resolved)):
+        # Resolved while the activation was being submitted: nothing to prove, remove it now.
+        proved: dict[str, Any] = {"outcome": "resolved", "seq": flow.seq}
+    else:
+        proved = yield from prove(flow, plan, responder, submitted)
     flow.seq = int(proved["seq"])
     proven = proved["outcome"] == "effective"
+    escalation = None
     if proven:
-        yield from hand_over(flow, responder, datetime.fromisoformat(proved["effectiveAt"]))
-    else:
-        text = (
-            f"[{flow.request_id}] {request.role} for {responder['upn']} is not effective "
-            f"{int(plan['proofDeadline'])} s after submission: {', '.join(proved['failing'])} still failing. "
-            f"Evidence (with Graph request ids): {proved['results']}. The assignment stays; probing "
-            f"continues every {int(plan['slowProbe'])} s."
+        provisioned = proved.get("provisionedAt")
+        facts = (
+            f"Activation request {answer.get('requestId') or 'existing'}: submitted {_at(submitted)}, "
+            f"provisioned {_at(datetime.fromisoformat(provisioned)) if provisioned else 'n/a'}, effective "
+            f"{int(proved['secondsAfterSubmission'])} s after submission (probe results: "
+            f"{', '.join(r['probe'] + ' passed' for r in proved['results'])})."
         )
-        yield context.call_activity_with_retry(
-            NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
+        yield from hand_over(flow, responder, datetime.fromisoformat(proved["effectiveAt"]), facts)
+    elif proved["outcome"] == "deadline":
+        yield from escalate(flow, plan, responder, proved)
+        escalation = yield from break_glass.open_escalation(
+            flow, responder, resolved, last_round, submitted + request.duration
         )
-        yield from flow.ticket(text, state_key="escalated")
-        yield from flow.set_state("escalated", "proof deadline passed")
     reason, state = yield from hold_and_revoke(
-        flow, plan, responder, submitted, proven, grant["grant_id"], review
-    )
+        flow, plan, responder, submitted, proven, grant["grant_id"], resolved, review,
+        resolved_during_proof=proved["outcome"] == "resolved", escalation=escalation,
+    )  # fmt: skip
     return {"requestId": flow.request_id, "state": state, "reason": reason, "proven": proven}
+
+
+def prove(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], submitted: datetime) -> Steps:
+    request = flow.request
+    return (
+        yield flow.context.call_sub_orchestrator(
+            PROOF_ORCHESTRATOR,
+            {
+                "requestId": flow.request_id,
+                "request": request.to_dict(),
+                "seq": flow.seq,
+                "checks": flow.checks,
+                "responder": responder,
+                "plan": plan,
+                "submittedAt": submitted.isoformat(),
+            },
+            proof_instance_id(flow.request_id),
+        )
+    )
+
+
+def escalate(
+    flow: RequestFlow,
+    plan: dict[str, Any],
+    responder: dict[str, Any],
+    proved: dict[str, Any],
+    why: str = "",
+) -> Steps:
+    """The proof deadline passed (or PIM could not be reached, ``why``): IAM on call gets the diagnostics
+    (Teams and the ticket); the assignment stays and the hold keeps probing at the slow cadence. The
+    escalation card (break-glass) follows."""
+    context, request = flow.context, flow.request
+    why = why or (
+        f"not effective {int(plan['proofDeadline'])} s after submission: {', '.join(proved['failing'])} "
+        "still failing"
+    )
+    text = (
+        f"[{flow.request_id}] {request.role} for {responder['upn']}: {why}. Evidence (with Graph request "
+        f"ids): {proved['results']}. Probing continues every {int(plan['slowProbe'])} s until the access "
+        "ends; IAM can start break-glass from the escalation card."
+    )
+    yield context.call_activity_with_retry(
+        NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
+    )
+    yield from flow.ticket(text, state_key="escalated")
+    yield from flow.set_state("escalated", why)

@@ -1,9 +1,15 @@
 """The access-request orchestration: one per (ITSM system, ticket, role) and generation (design.md §2).
 
-Stages, each a short generator: validate -> approve (a sub-orchestration) -> (activate -> prove -> hand
-over -> hold -> revoke: the next issue). Today the orchestration ends ``rejected`` (a check failed),
-``denied``, ``expired`` or ``approved``; a request approved by the major-incident rule first waits for its
-post-facto review (bounded by ``timings.review_due``), which the hold stage will take over.
+Stages, each a short generator: validate -> approve (a sub-orchestration) -> activate -> prove (a
+sub-orchestration) -> hand over -> hold -> revoke (orchestrators/access.py). The orchestration ends
+``rejected`` (a check failed), ``denied``, ``expired``, ``cancelled`` (the incident was resolved before
+activation), ``escalated`` (PIM refused the activation), ``revoked`` or ``removal_failed`` (the sweep
+retries). A request approved by the major-incident rule is activated at once; its post-facto review is
+recorded whenever it comes (bounded by ``timings.review_due``).
+
+The incident's resolution (an ITSM event, raised by the intake) is heard in every stage after validation:
+the approval and the proof sub-orchestrations stop on it, the hold ends on it, and the request checks for
+it before activating, so a resolution that came first never grants anything.
 
 Replay rules: see orchestrators/flow.py; no I/O here, everything through activities.
 """
@@ -24,8 +30,9 @@ from activities.access_request import (
     VALIDATE_ROLE,
 )
 from activities.approval import CLOSE_OPEN_ROUNDS
-from orchestrators.approval import APPROVAL_ORCHESTRATOR, approval_instance_id, await_review
-from orchestrators.flow import RETRY, WORKFLOW_VERSION, RequestFlow, Steps
+from orchestrators.access import activate_to_revoke, resolved_already
+from orchestrators.approval import APPROVAL_ORCHESTRATOR, approval_instance_id, conclude_review
+from orchestrators.flow import RESOLUTION_EVENT, RETRY, WORKFLOW_VERSION, RequestFlow, Steps
 from shared.approvals import ApprovalRound
 from shared.validation import CheckResult
 
@@ -131,8 +138,9 @@ def _run(flow: RequestFlow) -> Steps:
 
 
 def approve(flow: RequestFlow, found: dict[str, dict[str, Any]]) -> Steps:
-    """The approval sub-orchestration, then the request's state and ticket from its outcome."""
+    """The approval sub-orchestration, then (approved) activation to revocation."""
     responder = found["responder"]
+    resolved = flow.context.wait_for_external_event(RESOLUTION_EVENT)  # the request's one wait for it
     result = yield flow.context.call_sub_orchestrator(
         APPROVAL_ORCHESTRATOR,
         {"requestId": flow.request_id, "request": flow.request.to_dict(), "checks": flow.checks,
@@ -144,6 +152,15 @@ def approve(flow: RequestFlow, found: dict[str, dict[str, Any]]) -> Steps:
     flow.seq = int(result["seq"])
     outcome, reason = result["outcome"], result["reason"]
     approvals = result["approvals"]
+    review = ApprovalRound.from_json(result["review"]) if result["review"] else None
+    if outcome == "approved" and (yield from resolved_already(flow, resolved)):
+        outcome, reason = "resolved", "the incident was resolved before activation"
+        if review is not None:  # nothing was granted: there is nothing to review
+            yield from conclude_review(flow, review, answered=False)
+    if outcome == "resolved":
+        yield from flow.ticket(f"Access cancelled: {reason}; nothing was granted.", state_key="cancelled")
+        yield from flow.set_state("cancelled", reason, approvals=approvals)
+        return {"requestId": flow.request_id, "state": "cancelled", "reason": reason}
     if outcome in ("denied", "expired"):
         yield from flow.ticket(f"Access {outcome}: {reason}.", state_key=outcome)
         yield from flow.set_state(outcome, reason, approvals=approvals)
@@ -151,9 +168,11 @@ def approve(flow: RequestFlow, found: dict[str, dict[str, Any]]) -> Steps:
     who = "; ".join(f"{a['by']} ({a['stage'].replace('_', ' ')}) at {a['at']}" for a in approvals)
     yield from flow.ticket(f"Access approved ({reason}){': ' + who if who else ''}. Activation follows.")
     yield from flow.set_state("approved", reason, approvals=approvals)
-    if result["review"]:
-        # Rule-approved: the post-facto review card is out; its answer is recorded in this chain.
-        yield from await_review(flow, ApprovalRound.from_json(result["review"]))
-    # Activation, proof, hold and revocation (orchestrators/access.py, activate_to_revoke) join here once
-    # their end-to-end coverage against the Graph simulator lands (issue 5, in progress).
-    return {"requestId": flow.request_id, "state": "approved", "path": result["path"], "approvals": approvals}
+    ended = yield from activate_to_revoke(
+        flow, responder_ref(responder), resolved, review, int(result.get("round", 0))
+    )
+    return {**ended, "path": result["path"], "approvals": approvals}
+
+
+def responder_ref(responder: dict[str, Any]) -> dict[str, str]:
+    return {"userId": responder["userId"], "upn": responder["upn"]}

@@ -30,7 +30,7 @@ from activities.approval import (
     REMIND_STAGE,
     UPDATE_CARDS,
 )
-from orchestrators.flow import RETRY, RequestFlow, Steps
+from orchestrators.flow import RESOLUTION_EVENT, RETRY, RequestFlow, Steps
 from shared.approvals import (
     RESPONDER_STAGE,
     ApprovalPlan,
@@ -52,9 +52,14 @@ def approval_instance_id(request_id: str) -> str:
     return f"{request_id}-approval"
 
 
+def break_glass_instance_id(request_id: str) -> str:
+    return f"{request_id}-breakglass"
+
+
 @dataclass
 class Decision:
-    """How a round ended: approved (every stage), denied (a counted deny), or expired (the due time)."""
+    """How a round ended: approved (every stage), denied (a counted deny), expired (the due time), or
+    resolved (the incident was resolved first: the access is no longer needed)."""
 
     outcome: str
     round: ApprovalRound
@@ -72,11 +77,15 @@ class Rounds:
     # make a rare race; past this many reopenings the decision expires rather than loop.
     MAX_REOPENINGS = 3
 
-    def __init__(self, flow: RequestFlow, start: dict[str, Any], planned: dict[str, Any]) -> None:
+    def __init__(
+        self, flow: RequestFlow, start: dict[str, Any], planned: dict[str, Any], resolved: Any = None
+    ) -> None:
         self.flow = flow
         self.context = flow.context
         now = self.context.current_utc_datetime
         self.due_at: datetime = now + timedelta(seconds=planned["dueSeconds"])
+        if start.get("dueBy"):  # break-glass: never past the end of the approved duration
+            self.due_at = min(self.due_at, datetime.fromisoformat(start["dueBy"]))
         # The reminder comes at the same fraction of each decision's remaining time (half, by default), so
         # approvers asked after a late confirmation still get theirs, and never at once.
         self.reminder_fraction: float = planned["reminderSeconds"] / planned["dueSeconds"]
@@ -88,6 +97,11 @@ class Rounds:
         self.opener_names: tuple[str, ...] = tuple(planned["openerNames"])
         self.summary: dict[str, Any] = planned["summary"]
         self.parent_id: str = start["parentInstanceId"]
+        # One wait for the whole orchestration (see RESOLUTION_EVENT), raced in every round: the caller's when
+        # it has one already.
+        self.resolved = (
+            resolved if resolved is not None else self.context.wait_for_external_event(RESOLUTION_EVENT)
+        )
 
     def open(self, purpose: Purpose, stages: tuple[Stage, ...], due_at: datetime, instance_id: str,
              carried: dict[str, Vote] | None = None) -> Steps:  # fmt: skip
@@ -128,6 +142,10 @@ class Rounds:
         reopenings = 0
         votes: list[Vote] = []
         consumed: set[str] = set()
+        # One wait per event name, kept across turns: the SDK gives an event that arrives while several
+        # waits of its name are open to the newest, so a wait created anew each turn would lose a vote that
+        # came while the previous one was being counted.
+        waits: dict[str, Any] = {}
         while True:
             count = count_votes(round_, votes)
             if count.outcome != "pending":
@@ -147,15 +165,21 @@ class Rounds:
                 )  # fmt: skip
                 round_ = yield from self.open(purpose, stages, self.due_at, self.context.instance_id,
                                               dict(count.counted))  # fmt: skip
-                votes, consumed = [], set()
+                votes, consumed, waits = [], set(), {}
                 continue
             self._show_progress(round_, count.counted, waiting)
             reminding = not reminded and remind_at < self.due_at
             timer = self.context.create_timer(remind_at if reminding else self.due_at)
-            events = [
-                self.context.wait_for_external_event(vote_event(round_.round, s.name)) for s in listening
-            ]
-            winner = yield self.context.task_any([*events, timer])
+            names = [vote_event(round_.round, s.name) for s in listening]
+            for name in names:
+                if name not in waits:
+                    waits[name] = self.context.wait_for_external_event(name)
+            events = [waits[name] for name in names]
+            winner = yield self.context.task_any([*events, timer, self.resolved])
+            if winner is self.resolved:
+                timer.cancel()
+                decision = Decision("resolved", round_, count.counted)
+                break
             if winner is timer:
                 if reminding:
                     reminded = True
@@ -239,7 +263,9 @@ class Rounds:
             RETRY,
             {"requestId": round_.request_id, "round": round_.round, "outcome": decision.outcome},
         )
-        status = {"approved": "approved", "denied": "denied", "expired": "expired"}[decision.outcome]
+        status = {"approved": "approved", "denied": "denied", "expired": "expired", "resolved": "cancelled"}[
+            decision.outcome
+        ]
         yield self.context.call_activity_with_retry(
             UPDATE_CARDS, RETRY,
             {"round": round_.to_json(), "counted": [v.to_json() for v in decision.counted.values()],
@@ -254,8 +280,10 @@ def _stage_names(stages: tuple[Stage, ...]) -> str:
 @bp.orchestration_trigger(context_name="context", orchestration=APPROVAL_ORCHESTRATOR)
 def approval(context: df.DurableOrchestrationContext) -> Steps:
     """Input: requestId, request, checks, seq, responder {userId, upn}, majorIncident, parentInstanceId.
-    Output: outcome (approved, denied, expired), reason, approvals, path, review (an open review round for
-    the parent to wait on, or None), seq."""
+    With ``purpose: "break_glass"`` (and ``round``, the last round number the request used), the
+    break-glass two-person approval instead.
+    Output: outcome (approved, denied, expired, resolved), reason, approvals, path, review (an open review
+    round for the parent to wait on, or None), round (the last round number used), seq."""
     flow = RequestFlow(context)
     start = context.get_input()
     planned = yield context.call_activity_with_retry(
@@ -264,6 +292,30 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
     )  # fmt: skip
     plan = ApprovalPlan.from_json(planned["plan"])
     rounds = Rounds(flow, start, planned)
+
+    def ended(
+        outcome: str, reason: str, decision: Decision | None, review: ApprovalRound | None = None
+    ) -> Any:
+        return {"outcome": outcome, "reason": reason, "path": plan.path, "seq": flow.seq,
+                "approvals": decision.summary() if decision else [], "round": rounds.round_no,
+                "review": review.to_json() if review else None}  # fmt: skip
+
+    if start.get("purpose") == "break_glass":
+        # IAM started break-glass from the escalation card: its own two-person approval (design.md).
+        stages = tuple(Stage(**s) for s in planned["breakGlass"])
+        yield from flow.record("breakglass.planned", "recorded",
+                               {"stages": [s.name for s in stages], "dueAt": rounds.due_at.isoformat()},
+                               role=flow.request.role)  # fmt: skip
+        due = f"{rounds.due_at:%H:%M:%S} UTC"
+        yield from flow.ticket(
+            f"Break-glass requested by IAM; approval asked of {_stage_names(stages)} in Teams, due {due}."
+        )
+        decision = yield from rounds.decide("break_glass", stages)
+        reasons = {"approved": "break-glass approved by two people", "denied": "break-glass denied",
+                   "expired": "no break-glass decision by the due time",
+                   "resolved": "the incident was resolved before a decision"}  # fmt: skip
+        return ended(decision.outcome, reasons[decision.outcome], decision)
+
     yield from flow.record(
         "approval.planned", "recorded",
         {"path": plan.path, "reason": plan.reason, "confirm": plan.confirm,
@@ -272,13 +324,6 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
          "openerId": rounds.opener_id},
         role=flow.request.role, graph=planned.get("graph"),
     )  # fmt: skip
-
-    def ended(
-        outcome: str, reason: str, decision: Decision | None, review: ApprovalRound | None = None
-    ) -> Any:
-        return {"outcome": outcome, "reason": reason, "path": plan.path, "seq": flow.seq,
-                "approvals": decision.summary() if decision else [],
-                "review": review.to_json() if review else None}  # fmt: skip
 
     if plan.confirm:
         yield from flow.ticket("Waiting for the responder to confirm the request in Teams.")
@@ -289,6 +334,8 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
         )  # fmt: skip
         if confirmation.outcome == "denied":
             return ended("denied", "the responder said this request is not theirs", confirmation)
+        if confirmation.outcome == "resolved":
+            return ended("resolved", "the incident was resolved before the responder confirmed", confirmation)
         if confirmation.outcome == "expired":
             return ended("expired", "the responder did not confirm the request by the due time", confirmation)
 
@@ -306,6 +353,8 @@ def approval(context: df.DurableOrchestrationContext) -> Steps:
     if decision.outcome == "denied":
         denial = next(v for v in decision.counted.values() if v.verb == "deny")
         return ended("denied", f"denied by {denial.approver_upn}", decision)
+    if decision.outcome == "resolved":
+        return ended("resolved", "the incident was resolved before a decision", decision)
     if decision.outcome == "expired":
         waiting = [s.display_name for s in plan.stages if s.name not in decision.counted]
         return ended("expired", f"no decision by the due time from {', '.join(waiting)}", decision)
@@ -364,11 +413,12 @@ def conclude_review(flow: RequestFlow, review: ApprovalRound, answered: bool) ->
     return outcome
 
 
-def await_review(flow: RequestFlow, review: ApprovalRound) -> Steps:
-    """Wait for the post-facto review (until its due time), then record it."""
+def await_review(flow: RequestFlow, review: ApprovalRound, event: Any = None) -> Steps:
+    """Wait for the post-facto review (until its due time), then record it. ``event``: the wait already
+    created for it, when there is one (one wait per event name, see RESOLUTION_EVENT)."""
     context = flow.context
     timer = context.create_timer(review.due_at)
-    event = review_event(flow, review)
+    event = event if event is not None else review_event(flow, review)
     winner = yield context.task_any([event, timer])
     if winner is not timer:
         timer.cancel()

@@ -9,6 +9,7 @@ row; a sub-orchestration continues the parent's sequence (it gets ``seq`` in its
 from __future__ import annotations
 
 from collections.abc import Generator
+from datetime import timedelta
 from typing import Any
 
 import azure.durable_functions as df
@@ -17,12 +18,23 @@ from activities.access_request import AUDIT_NEXT_SEQ, RECORD_AUDIT, UPDATE_TICKE
 from shared.audit import STATE_KIND
 from shared.models import AccessRequest
 
-WORKFLOW_VERSION = "access_request/2"
+WORKFLOW_VERSION = "access_request/3"
+
+# Raised by the intake when the ticket's incident is resolved, to the request and to whichever of its
+# sub-orchestrations is running (approval, proof), so each ends its own wait. Each orchestration waits for
+# it with ONE task for its whole life: the Python SDK gives an event that arrives while several waits of
+# the same name are open to the newest one only, so a wait created per loop turn could miss it.
+RESOLUTION_EVENT = "IncidentResolved"
 
 # Activities and ITSM calls are delivered at least once and may meet a passing fault (429/5xx).
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=2000, max_number_of_attempts=3)
 
 Steps = Generator[Any, Any, Any]
+
+# Graph writes (PIM, unified RBAC) are retried by the workflow, never blindly by the SDK: only these
+# classified answers (shared.pim.classify), a bounded number of times, on durable timers.
+MAX_WRITE_ATTEMPTS = 6
+RETRYABLE_VERDICTS = ("throttled", "unavailable", "not_found")
 
 
 class RequestFlow:
@@ -84,3 +96,36 @@ class RequestFlow:
             {"state": state, "checks": self.checks, "reason": reason or None, **status}
         )
         yield from self.record(STATE_KIND, "recorded", {"state": state, "reason": reason})
+
+    def write(
+        self,
+        activity: str,
+        payload: dict[str, Any],
+        kind: str,
+        accepted: tuple[str, ...],
+        detail: dict[str, Any] | None = None,
+        actor: dict[str, Any] | None = None,
+    ) -> Steps:
+        """A Graph write through ``activity``, which returns its classified answer (PimAnswer.to_json): one
+        audit row per attempt (with the call's ids); throttling, outages and replication lag retried on
+        durable timers that honour Retry-After. Returns the last answer; it was accepted when its verdict
+        is in ``accepted``."""
+        answer: dict[str, Any] = {}
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            answer = yield self.context.call_activity_with_retry(activity, RETRY, payload)
+            ok = answer["verdict"] in accepted
+            yield from self.record(
+                kind, "accepted" if ok else answer["verdict"],
+                {"attempt": attempt + 1, "verdict": answer["verdict"],
+                 "requestId": answer.get("requestId", ""), "status": answer.get("status", ""),
+                 "code": answer.get("code", ""),
+                 "message": answer.get("message", ""), **(detail or {})},
+                role=self.request.role, actor_id=(actor or {}).get("userId", ""),
+                actor_upn=(actor or {}).get("upn", ""), graph=answer.get("graph"),
+            )  # fmt: skip
+            if ok or answer["verdict"] not in RETRYABLE_VERDICTS:
+                return answer
+            retry_after = answer.get("retryAfter")
+            wait = timedelta(seconds=float(retry_after)) if retry_after else timedelta(seconds=5 * 2**attempt)
+            yield self.context.create_timer(self.context.current_utc_datetime + wait)
+        return answer

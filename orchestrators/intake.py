@@ -18,8 +18,10 @@ from typing import Any
 import azure.durable_functions as df
 import azure.functions as func
 
-from orchestrators.access import RESOLUTION_EVENT
+from orchestrators.access import proof_instance_id
 from orchestrators.access_request import ACCESS_REQUEST_ORCHESTRATOR
+from orchestrators.approval import approval_instance_id, break_glass_instance_id
+from orchestrators.flow import RESOLUTION_EVENT
 from shared.audit import AuditEntry, security_chain
 from shared.configuration import load_configuration
 from shared.intake import PayloadError, instance_id, parse, request_digest, ticket_key, trigger_decision
@@ -192,11 +194,17 @@ async def _resolution(
     raised = []
     for indexed in await asyncio.to_thread(request_index().requests_for, key):
         status = await client.get_status(indexed.request_id)
-        if status.runtime_status in _RUNNING:
-            await client.raise_event(
-                indexed.request_id, RESOLUTION_EVENT, {"at": now.isoformat(), "delivery": request.delivery_id}
-            )
-            raised.append(indexed.request_id)
+        if status.runtime_status not in _RUNNING:
+            continue
+        event = {"at": now.isoformat(), "delivery": request.delivery_id}
+        await client.raise_event(indexed.request_id, RESOLUTION_EVENT, event)
+        raised.append(indexed.request_id)
+        # The request's approval, proof or break-glass approval, when running, stops on it too (the request
+        # waits for them).
+        stages = (approval_instance_id, proof_instance_id, break_glass_instance_id)
+        for stage in (instance(indexed.request_id) for instance in stages):
+            if (await client.get_status(stage)).runtime_status in _RUNNING:
+                await client.raise_event(stage, RESOLUTION_EVENT, event)
     if not raised:
         reason = f"ticket {request.ticket} has no running request to resolve"
         await _security_row(

@@ -40,6 +40,7 @@ __all__ = [
     "Stage",
     "Verb",
     "Vote",
+    "break_glass_stages",
     "count_votes",
     "plan_approval",
     "stage_refusal",
@@ -49,7 +50,10 @@ __all__ = [
 APPROVALS_TABLE: Final = "Approvals"
 RESPONDER_STAGE: Final = "responder"
 
-Purpose = Literal["confirm", "approve", "review"]
+# confirm: the responder's "this is my request"; approve: the approval decision; review: the post-facto review
+# of a rule approval; escalation: IAM on call may start break-glass once access was not proven by its
+# deadline; break_glass: the two-person approval of the break-glass assignment (design.md "Break-glass").
+Purpose = Literal["confirm", "approve", "review", "escalation", "break_glass"]
 Verb = Literal["approve", "deny", "confirm"]
 Path = Literal["two_person", "single", "major_incident_rule"]
 VERBS: tuple[str, ...] = get_args(Verb)
@@ -59,6 +63,8 @@ _VERBS_FOR: dict[str, tuple[str, ...]] = {
     "confirm": ("confirm", "deny"),
     "approve": ("approve", "deny"),
     "review": ("approve", "deny"),
+    "escalation": ("approve", "deny"),
+    "break_glass": ("approve", "deny"),
 }
 
 
@@ -109,6 +115,12 @@ class ApprovalPlan:
 def _group_stage(policy: Policy, key: str) -> Stage:
     group = policy.approver_groups[key]
     return Stage(key, group.display_name, group.group_id, group.teams_conversation_id)
+
+
+def break_glass_stages(policy: Policy) -> tuple[Stage, ...]:
+    """The two groups that approve break-glass (IAM duty manager and security lead by default); the first
+    one is also the group that may start it from the escalation card."""
+    return tuple(_group_stage(policy, key) for key in policy.approval.break_glass_groups)
 
 
 def plan_approval(role: RolePolicy, policy: Policy, major_incident: bool) -> ApprovalPlan:

@@ -16,19 +16,28 @@ from shared.approvals import ApprovalRound, Stage, Vote
 CARD_VERSION = "1.5"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 
-CardStatus = Literal["open", "approved", "denied", "expired", "closed"]
+CardStatus = Literal["open", "approved", "denied", "expired", "cancelled", "closed"]
 
 _TITLES = {
     "confirm": "Confirm your emergency access request",
     "approve": "Emergency access: approval needed",
     "review": "Emergency access approved by rule: please review",
+    "escalation": "Emergency access NOT effective: escalated to IAM",
+    "break_glass": "Break-glass access: two-person approval needed",
 }
 _BUTTONS: dict[str, tuple[tuple[str, str, str], ...]] = {
     # (verb, title, style)
     "confirm": (("confirm", "Yes, this is my request", "positive"), ("deny", "No, not mine", "destructive")),
     "approve": (("approve", "Approve", "positive"), ("deny", "Deny", "destructive")),
     "review": (("approve", "Looks right", "positive"), ("deny", "Raise a concern", "destructive")),
+    "escalation": (("approve", "Start break-glass", "destructive"), ("deny", "Not needed", "default")),
+    "break_glass": (("approve", "Approve break-glass", "positive"), ("deny", "Deny", "destructive")),
 }
+_ESCALATION_HINT = (
+    "PIM shows the activation, but the probes do not prove that it works (the diagnostics are in the IAM "
+    "channel and the ticket). Break-glass assigns the role directly through unified RBAC, independent of "
+    "PIM, after a two-person approval; it is removed like any other grant."
+)
 _VERB_PAST = {"approve": "Approved", "deny": "Denied", "confirm": "Confirmed"}
 
 
@@ -78,7 +87,9 @@ def round_card(
         _text(summary.get("summary", "")),
         {"type": "FactSet", "facts": [{"title": t, "value": str(v)} for t, v in facts]},
     ]
-    if round_.purpose == "approve" and len(round_.stages) > 1:
+    if round_.purpose == "escalation":
+        body.append(_text(_ESCALATION_HINT, isSubtle=True))
+    if round_.purpose in ("approve", "break_glass") and len(round_.stages) > 1:
         groups = " and ".join(s.display_name for s in round_.stages)
         body.append(_text(f"Two-person rule: one approval from each of {groups}, by two different people."))
     for vote in counted:
@@ -93,8 +104,17 @@ def round_card(
                           color="Warning", weight="Bolder"))  # fmt: skip
     elif status == "approved" and round_.purpose == "approve":
         body.append(_text("Approved. Activation follows.", color="Good", weight="Bolder"))
+    elif status == "approved" and round_.purpose == "escalation":
+        body.append(_text("Break-glass requested: the two-person approval follows.", weight="Bolder"))
+    elif status == "approved" and round_.purpose == "break_glass":
+        body.append(_text("Approved. The break-glass assignment follows.", color="Good", weight="Bolder"))
+    elif status == "closed" and round_.purpose == "escalation":
+        body.append(_text("Closed: the access ended or was proven.", isSubtle=True))
     elif status == "denied":
         body.append(_text("Denied. No access will be granted.", color="Attention", weight="Bolder"))
+    elif status == "cancelled":
+        body.append(_text("Cancelled: the incident was resolved before a decision. No access is granted.",
+                          color="Warning", weight="Bolder"))  # fmt: skip
     if note:
         body.append(_text(note, isSubtle=True))
     card: dict[str, Any] = {

@@ -48,6 +48,7 @@ __all__ = [
     "Approval",
     "ApprovalPath",
     "ApproverGroup",
+    "BreakerPolicy",
     "CanonicalField",
     "Escalation",
     "ItsmPolicy",
@@ -86,6 +87,7 @@ StateKey: TypeAlias = Literal[
     "expired",
     "escalated",
     "revoked",
+    "cancelled",
 ]
 CanonicalField: TypeAlias = Literal[
     "priority",
@@ -303,6 +305,7 @@ class StateLabels(_Model):
     expired: Text = "Access expired"
     escalated: Text = "Access escalated"
     revoked: Text = "Access revoked"
+    cancelled: Text = "Access cancelled"  # the incident was resolved before activation: nothing granted
 
     @model_validator(mode="after")
     def _check(self) -> StateLabels:
@@ -457,6 +460,14 @@ _ROSTER_PARAMETERS: dict[str, str] = {
 }
 
 
+class BreakerPolicy(_Model):
+    """The circuit breaker shared by all requests (design.md "Guardrails"): after ``failures`` consecutive
+    throttled or unavailable Graph answers it opens for ``open_for``, then lets one trial call through."""
+
+    failures: PositiveInt = 5
+    open_for: Duration = timedelta(minutes=1)
+
+
 class Escalation(_Model):
     """Where escalations to IAM on call go."""
 
@@ -476,6 +487,7 @@ class Policy(_Model):
     approval: Approval = Field(default_factory=Approval)
     roster: Roster
     escalation: Escalation
+    circuit_breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,9 @@ from datetime import timedelta
 from typing import Any
 
 PIM_PROBE = "pim_instance"
+# The directory's own stores, which follow PIM within minutes. Workload-side checks (the Exchange role
+# group, the responder's answer) lag by design and prove access; they are not a store disagreement.
+DIRECTORY_STORES = ("unified_assignment", "directory_role_member")
 
 
 def next_wait(polls_done: int, first: timedelta, cap: timedelta) -> timedelta:
@@ -18,6 +21,13 @@ def next_wait(polls_done: int, first: timedelta, cap: timedelta) -> timedelta:
     fixed short pace."""
     wait: timedelta = first * (2 ** min(polls_done, 20))
     return min(cap, wait)
+
+
+def asked_to_wait(results: Sequence[dict[str, Any]]) -> timedelta:
+    """The longest Retry-After a store answered this round with (429/503), or zero: the next round waits at
+    least that long, so a throttled Graph is not asked again sooner than it said."""
+    seconds = [float(r["retryAfter"]) for r in results if r.get("retryAfter")]
+    return timedelta(seconds=max(seconds, default=0.0))
 
 
 def effective(results: Sequence[dict[str, Any]], required: Sequence[str]) -> bool:
@@ -31,6 +41,7 @@ def failing(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def stores_disagree(results: Sequence[dict[str, Any]]) -> bool:
-    """PIM says the role is active, but another store does not show it (yet)."""
+    """PIM says the role is active, but another directory store does not show it (yet)."""
     by_probe = {r["probe"]: bool(r.get("passed")) for r in results}
-    return by_probe.get(PIM_PROBE, False) and not all(by_probe.values())
+    stores = [by_probe[p] for p in DIRECTORY_STORES if p in by_probe]
+    return by_probe.get(PIM_PROBE, False) and not all(stores)

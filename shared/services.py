@@ -3,19 +3,25 @@ half that functions reach at run time: clients are created once and reused)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from azure.data.tables import TableServiceClient
 from azure.identity import ManagedIdentityCredential
 
 from shared.approvals import ApprovalBook
-from shared.audit import AuditLedger
+from shared.audit import AuditEntry, AuditLedger, security_chain
 from shared.bot_auth import BotTokenValidator
+from shared.breaker import CircuitBreaker
 from shared.configuration import load_configuration
 from shared.directory import EntraDirectory, graph_client
+from shared.exchange import ExchangeRoleGroups
 from shared.grants import GrantLedger
 from shared.itsm import TicketSystem
 from shared.itsm import ticket_system as build_ticket_system
+from shared.pim import Pim
 from shared.request_index import Deliveries, RequestIndex
 from shared.roster import OnCallRoster, on_call_roster
 from shared.tables import table_service
@@ -59,6 +65,15 @@ def directory() -> EntraDirectory:
 
 
 @functools.cache
+def exchange() -> ExchangeRoleGroups:
+    # The same managed identity as Graph: it holds Exchange.ManageAsApp and an Exchange role that may read
+    # role groups (docs/architecture.md, "The Exchange role-group probe").
+    settings = load_configuration().settings
+    credential = ManagedIdentityCredential(client_id=settings.azure_client_id)
+    return ExchangeRoleGroups(settings.exchange_admin_base_url, settings.tenant_id, credential)
+
+
+@functools.cache
 def roster() -> OnCallRoster:
     configuration = load_configuration()
     return on_call_roster(configuration.settings, configuration.policy, directory())
@@ -91,3 +106,35 @@ def bot_connector() -> BotConnector:
     return BotConnector(
         settings.bot_connector_service_url, credential, settings.bot_app_id, settings.tenant_id
     )
+
+
+@functools.cache
+def breaker() -> CircuitBreaker:
+    return CircuitBreaker(tables(), load_configuration().policy.circuit_breaker)
+
+
+@functools.cache
+def pim() -> Pim:
+    """PIM and unified RBAC behind the shared circuit breaker; an opening is announced to IAM once."""
+    conversation_id = load_configuration().policy.escalation.iam_conversation_id
+    notice = outage_notice(bot_connector(), audit_ledger(), conversation_id)
+    return Pim(directory(), breaker(), on_open=notice)
+
+
+def outage_notice(
+    connector: BotConnector, ledger: AuditLedger, conversation_id: str
+) -> Callable[[str], Awaitable[None]]:
+    """What happens once per outage when a circuit breaker opens: a row on the day's security chain (an event
+    of no single request) and one text to IAM on call. The row is written first, and the text is sent even
+    if the row failed (that failure is raised afterwards, for the caller's log)."""
+
+    async def announce(detail: str) -> None:
+        now = datetime.now(UTC)
+        entry = AuditEntry(kind="breaker.opened", outcome="recorded", time=now, actor_id="system",
+                           detail={"notice": detail}, workflow_version="breaker/1")  # fmt: skip
+        try:
+            await asyncio.to_thread(ledger.append, security_chain(now), entry)
+        finally:
+            await connector.post_text(conversation_id, detail)
+
+    return announce

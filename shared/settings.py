@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 __all__ = [
     "APP_ROOT",
     "AZURITE_CONNECTION_STRING",
+    "DEFAULT_EXCHANGE_ADMIN_BASE_URL",
     "DEFAULT_POLICY_PATH",
+    "DEFAULT_SWEEP_SCHEDULE",
     "SETTINGS_VARIABLES",
     "ApiCredentials",
     "Settings",
@@ -45,10 +47,19 @@ JIRA_BASE_URL = "JIRA_BASE_URL"
 IVANTI_BASE_URL = "IVANTI_BASE_URL"
 XURRENT_BASE_URL = "XURRENT_BASE_URL"
 PAGERDUTY_BASE_URL = "PAGERDUTY_BASE_URL"
+# Exchange Online's admin API (the workload-side probe, shared.exchange); optional: Exchange Online's own
+# address unless a national cloud or the local simulators say otherwise.
+EXCHANGE_ADMIN_BASE_URL = "EXCHANGE_ADMIN_BASE_URL"
+DEFAULT_EXCHANGE_ADMIN_BASE_URL = "https://outlook.office365.com"
 STORAGE_CONNECTION_STRING = "AzureWebJobsStorage"
 STORAGE_TABLE_SERVICE_URI = "AzureWebJobsStorage__tableServiceUri"
 AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
 POLICY_PATH = "POLICY_PATH"
+# The sweep's timer schedule (NCRONTAB, six fields, seconds first, or a TimeSpan). The Functions host reads
+# the app setting itself (schedule="%SWEEP_SCHEDULE%"), so it must be set wherever the app runs; this only
+# checks its form at start-up, where the host's own error would be obscure.
+SWEEP_SCHEDULE = "SWEEP_SCHEDULE"
+DEFAULT_SWEEP_SCHEDULE = "0 */5 * * * *"
 # Shared secrets that sign ITSM webhooks (shared.webhooks); in Azure they are Key Vault references.
 # *_PREVIOUS holds the secret being rotated out, so that both are accepted during a rotation.
 SERVICENOW_WEBHOOK_SECRET = "SERVICENOW_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
@@ -80,6 +91,7 @@ SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
         IVANTI_BASE_URL: False,
         XURRENT_BASE_URL: False,
         PAGERDUTY_BASE_URL: False,
+        EXCHANGE_ADMIN_BASE_URL: False,
         # "One of" pair: exactly one of these two must be set (connection string locally, e.g. Azurite;
         # identity-based table endpoint in Azure). Neither is required on its own, so both are False here;
         # Settings.from_env enforces the pair.
@@ -87,6 +99,7 @@ SETTINGS_VARIABLES: Mapping[str, bool] = MappingProxyType(
         STORAGE_TABLE_SERVICE_URI: False,
         AZURE_CLIENT_ID: False,
         POLICY_PATH: False,
+        SWEEP_SCHEDULE: False,
         # Webhook secrets: optional here; Settings.check_for_policy requires the current one of every
         # ITSM the policy enables (Xurrent signs with a JWT, verified with a key, not a shared secret).
         SERVICENOW_WEBHOOK_SECRET: False,
@@ -161,6 +174,8 @@ _GUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
 )
 _CONNECTION_STRING_PAIR_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*=.+", re.ASCII)
+_CRON_FIELD_RE = re.compile(r"[0-9A-Za-z*/,?-]+", re.ASCII)
+_TIMESPAN_RE = re.compile(r"(?:\d+\.)?\d{1,2}:\d{2}:\d{2}", re.ASCII)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -330,8 +345,10 @@ class Settings:
     ivanti_base_url: str | None = None
     xurrent_base_url: str | None = None
     pagerduty_base_url: str | None = None
+    exchange_admin_base_url: str = DEFAULT_EXCHANGE_ADMIN_BASE_URL
     azure_client_id: str | None = None
     policy_path: Path = field(default=DEFAULT_POLICY_PATH)
+    sweep_schedule: str = DEFAULT_SWEEP_SCHEDULE
     itsm_webhook_secrets: WebhookSecrets = field(default_factory=WebhookSecrets)
     api_credentials: ApiCredentials = field(default_factory=ApiCredentials)
 
@@ -355,9 +372,11 @@ class Settings:
         ivanti_base_url = reader.url(IVANTI_BASE_URL)
         xurrent_base_url = reader.url(XURRENT_BASE_URL)
         pagerduty_base_url = reader.url(PAGERDUTY_BASE_URL)
+        exchange_admin_base_url = reader.url(EXCHANGE_ADMIN_BASE_URL) or DEFAULT_EXCHANGE_ADMIN_BASE_URL
         table_storage = reader.table_storage()
         azure_client_id = reader.guid(AZURE_CLIENT_ID)
         policy_path = reader.policy_path()
+        sweep_schedule = reader.schedule(SWEEP_SCHEDULE) or DEFAULT_SWEEP_SCHEDULE
         itsm_webhook_secrets = WebhookSecrets(
             **{
                 key: reader.secret(variable)
@@ -390,8 +409,10 @@ class Settings:
             ivanti_base_url=ivanti_base_url,
             xurrent_base_url=xurrent_base_url,
             pagerduty_base_url=pagerduty_base_url,
+            exchange_admin_base_url=exchange_admin_base_url,
             azure_client_id=azure_client_id,
             policy_path=policy_path,
+            sweep_schedule=sweep_schedule,
             itsm_webhook_secrets=itsm_webhook_secrets,
             api_credentials=api_credentials,
         )
@@ -510,6 +531,22 @@ class _Reader:
             self._problems.append(f"{name} {problem}")
             return None
         return value.rstrip("/")
+
+    def schedule(self, name: str) -> str | None:
+        """A timer schedule: NCRONTAB with six fields (seconds first), or a TimeSpan such as 00:05:00."""
+        value = self._get(name)
+        if value is None:
+            return None
+        fields = value.split()
+        if not (
+            _TIMESPAN_RE.fullmatch(value) or (len(fields) == 6 and all(map(_CRON_FIELD_RE.fullmatch, fields)))
+        ):
+            self._problems.append(
+                f"{name}={value!r} is not a timer schedule: expected NCRONTAB with six fields, seconds first "
+                "(e.g. '0 */5 * * * *' for every 5 minutes), or a TimeSpan such as 00:05:00"
+            )
+            return None
+        return value
 
     def table_storage(self) -> TableStorageTarget | None:
         connection_string = self._get(STORAGE_CONNECTION_STRING)

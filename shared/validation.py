@@ -152,6 +152,15 @@ def check_role(request: AccessRequest, policy: Policy) -> CheckResult:
         return _result(
             ROLE, False, reason, {"role": role.name, "requested": format_duration(request.duration)}
         )
+    minimum = policy.timings.pim_minimum_active
+    if request.duration < minimum:
+        # PIM refuses an activation shorter than its minimum active time (ActiveDurationTooShort): say so now,
+        # not after the approvers have been asked.
+        reason = (f"{format_duration(request.duration)} is shorter than PIM's minimum active time "
+                  f"({format_duration(minimum)}): ask for a longer duration")  # fmt: skip
+        return _result(
+            ROLE, False, reason, {"role": role.name, "requested": format_duration(request.duration)}
+        )
     reason = f"{role.name} may be requested ({role.tier} tier, {role.approval.replace('_', ' ')} approval)"
     return _result(
         ROLE,

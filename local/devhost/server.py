@@ -8,6 +8,9 @@
   endpoint they answer loopback callers only.
 - ``/runtime/webhooks/durabletask/...``: the same operations behind the Durable system key, which is
   what the management URLs in the client binding point to (never expose them: they carry the key).
+- ``/admin/...`` (master key): ``GET /admin/host/status``, and ``POST /admin/functions/{name}`` with
+  ``{"input": "..."}``, which runs a timer function now and answers 202 at once, as the host does for
+  non-HTTP functions (``GET /admin/host/ping`` is anonymous).
 """
 
 from __future__ import annotations
@@ -119,7 +122,10 @@ class HostApp:
     async def _admin(self, request: Request) -> Response:
         if not self._key_ok(request, self.config.keys.admin_keys()):
             return _error(401, "the master key is required for admin routes")
-        if request.url.path.rstrip("/") == "/admin/host/status":
+        path = request.url.path.rstrip("/")
+        if path.startswith("/admin/functions/") and request.method == "POST":
+            return await self._run_function(request, path[len("/admin/functions/") :])
+        if path == "/admin/host/status":
             return JSONResponse(
                 {
                     "state": "Running",
@@ -131,6 +137,27 @@ class HostApp:
                 }
             )
         return _error(404, f"no admin route {request.url.path}")
+
+    async def _run_function(self, request: Request, name: str) -> Response:
+        """Run a non-HTTP function now (Core Tools and the host: ``POST /admin/functions/{name}``)."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _error(400, 'the body must be JSON: {"input": "..."}')
+        if not isinstance(body, dict):
+            return _error(400, 'the body must be a JSON object: {"input": "..."}')
+        spec = next((s for s in self.catalog.all if s.name.lower() == name.lower()), None)
+        if spec is None:
+            return _error(404, f"no function named {name!r}")
+        if spec.name in self.timers.errors:
+            return _error(400, f"function {spec.name!r} is in error: {self.timers.errors[spec.name]}")
+        if spec.trigger_type != "timerTrigger":
+            return _error(
+                400, f"the devhost runs only timer functions on demand ({spec.name} is {spec.trigger_type})"
+            )
+        self.timers.run_now(spec.name)
+        logs.event("function.run_requested", function=spec.name)
+        return Response(status_code=202)
 
     # ----------------------------------------------------------------- functions
 

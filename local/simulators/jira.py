@@ -53,6 +53,7 @@ DEFAULT_WORKFLOW: tuple[tuple[str, str], ...] = (
     ("Access expired", "indeterminate"),
     ("Access escalated", "indeterminate"),
     ("Access revoked", "indeterminate"),
+    ("Access cancelled", "indeterminate"),
     ("Resolved", "done"),
     ("Closed", "done"),
 )

@@ -71,6 +71,7 @@ class Devhost(DevhostProcess):
                         "FUNCTIONS_WORKER_RUNTIME": "python",
                         "AzureWebJobsStorage": connection_string,
                         "SAMPLE_APP_STATE_DIR": str(self.state_dir),
+                        "SAMPLE_TIMER_SCHEDULE": "0 0 0 1 1 *",
                         HUB_OVERRIDE: hub,
                     },
                 },

@@ -138,6 +138,12 @@ def on_startup(timer: func.TimerRequest) -> None:
     _count("on_startup")
 
 
+@app.timer_trigger(schedule="%SAMPLE_TIMER_SCHEDULE%", arg_name="timer")
+def from_setting(timer: func.TimerRequest) -> None:
+    """Its schedule is an app setting (yearly: it only runs when asked through the admin endpoint)."""
+    _count("from_setting")
+
+
 @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
 @app.durable_client_input(client_name="client")
 async def start_from_timer(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:

@@ -20,6 +20,9 @@ def app_host_in(work: Path, azurite: Azurite, **values: str) -> DevhostProcess:
     """A devhost for function_app with the sample settings, its own task hub, and ``values`` on top
     (a value of "" removes the setting)."""
     settings = work / "local.settings.json"
+    # The sweep runs on demand in its own tests (POST /admin/functions/sweep), not every 5 minutes in the
+    # others' hosts, which share Azurite and the simulators (its drift reports would post to IAM).
+    values = {"SWEEP_SCHEDULE": "0 0 0 1 1 *", **values}
     write_settings(
         settings, azurite.connection_string, {HUB_OVERRIDE: f"E2e{uuid.uuid4().hex[:12]}", **values}
     )
@@ -44,6 +47,15 @@ def request_status(host: DevhostProcess, request_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+# The states a request can be in once approved (it goes on to activation at once).
+AFTER_APPROVAL = ("approved", "activated", "effective", "escalated", "revoked", "removal_failed", "cancelled")
+
+
+def states_recorded(body: dict[str, Any]) -> list[str]:
+    """Every state the request's audit rows record, in order (the current one is the last)."""
+    return [step["detail"]["state"] for step in body["timeline"] if step["step"] == "request.state"]
 
 
 def wait_for_state(

@@ -23,7 +23,7 @@ from local.stack import DevhostProcess
 from shared.audit import AuditLedger, security_chain
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
-from tests.e2e.conftest import app_host_in, wait_for_state
+from tests.e2e.conftest import AFTER_APPROVAL, app_host_in, wait_for_state
 
 pytestmark = pytest.mark.stack
 
@@ -72,7 +72,7 @@ def seed_world(sims: SimulatorProcess, **options: Any) -> dict[str, Any]:
 
 
 # A request that passed validation is waiting for approval or approved (by the major-incident rule).
-PASSED = ("validated", "awaiting_confirmation", "awaiting_approval", "approved")
+PASSED = ("validated", "awaiting_confirmation", "awaiting_approval", *AFTER_APPROVAL)
 STARTED: set[str] = set()  # request ids these tests started (their chains are verified at the end)
 
 

@@ -4,18 +4,20 @@ devhost engine with an in-memory store), with scripted activities: every branch,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
 import pytest
 
+from activities import access as access_activities
 from activities import access_request as activities
 from activities import approval as approval_activities
-from local.devhost.replay import Replay, replay
-from orchestrators import access_request, approval
-from shared.approvals import plan_approval
+from local.devhost.replay import Replay, StepReplay, replay
+from orchestrators import access, access_request, approval
+from shared.approvals import Verb, Vote, plan_approval, vote_event
 from shared.models import AccessRequest, LinkedIncident, Person
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
@@ -23,6 +25,8 @@ from shared.validation import CheckResult
 
 EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 ALEX_ID = "11111111-0000-4000-8000-000000000001"
+LEE_ID = "11111111-0000-4000-8000-000000000003"
+IVY_ID = "11111111-0000-4000-8000-000000000004"
 REQUEST = AccessRequest(
     system="servicenow", event="created", ticket="INC0012345", ticket_id="a" * 32, priority="P1",
     itsm_priority="1", state="2", short_description="Mail flow down",
@@ -31,13 +35,26 @@ REQUEST = AccessRequest(
     access_type="privileged", role="Exchange Administrator", duration=timedelta(hours=1),
     justification="restore mail flow", delivery_id="d-1",
 )  # fmt: skip
-START = {"requestId": "servicenow-INC0012345-29232cdf-g1", "request": REQUEST.to_dict()}
+# Held for half a second (the replay's timers are real): the whole flow, approval to revocation, runs.
+REQUEST_ID = "servicenow-INC0012345-29232cdf-g1"
+START = {
+    "requestId": REQUEST_ID,
+    "request": dataclasses.replace(REQUEST, duration=timedelta(seconds=0.5)).to_dict(),
+}
+PLAN = {
+    "role": "Exchange Administrator", "templateId": EXCHANGE,
+    "probes": ["pim_instance", "unified_assignment"], "proofDeadline": 5, "revokeSessions": False,
+    "progress": 2, "firstProbe": 0.01, "maxProbe": 0.05, "slowProbe": 1, "mismatch": 1, "minimumActive": 0,
+    "iamConversationId": "19:iam",
+}  # fmt: skip
 
 app = df.DFApp()
 app.register_functions(access_request.bp)
 app.register_functions(activities.bp)
 app.register_functions(approval.bp)
 app.register_functions(approval_activities.bp)
+app.register_functions(access.bp)
+app.register_functions(access_activities.bp)
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 
 
@@ -51,6 +68,18 @@ def failed(check: str, reason: str) -> Any:
 
 def script(**overrides: Any) -> dict[str, Any]:
     written: set[int] = set()
+    assigned: list[str] = []
+
+    def activate(payload: dict[str, Any]) -> dict[str, Any]:
+        assigned.append(payload["responderId"])
+        return {"verdict": "done", "requestId": "pim-1", "status": "Provisioned", "graph": None}
+
+    def remove(payload: dict[str, Any]) -> dict[str, Any]:
+        assigned.remove(payload["responderId"])
+        return {"verdict": "done", "requestId": "pim-2", "graph": None}
+
+    def probes(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"probe": p, "passed": bool(assigned), "graph": None} for p in payload["probes"]]
 
     def record(payload: dict[str, Any]) -> dict[str, Any]:
         written.add(payload["seq"])
@@ -77,6 +106,14 @@ def script(**overrides: Any) -> dict[str, Any]:
                                                         "new": True},
         approval_activities.UPDATE_CARDS: lambda payload: {"updated": []},
         approval_activities.CLOSE_ROUND: lambda payload: payload,
+        # Activation to revocation: PIM and the stores, as one list of what is assigned.
+        access_activities.PLAN_ACCESS: lambda payload: PLAN,
+        access_activities.ACTIVATE: activate,
+        access_activities.RUN_PROBES: probes,
+        access_activities.RECORD_GRANT: lambda payload: {"grant_id": f"{payload['requestId']}:pim"},
+        access_activities.SET_GRANT_STATE: lambda payload: payload,
+        access_activities.REMOVE: remove,
+        access_activities.NOTIFY: lambda payload: {"conversationId": "a:1", "activityId": "1"},
     }  # fmt: skip
     chain.update(overrides)
     return chain
@@ -94,23 +131,34 @@ def notes(result: Replay) -> list[str]:
     return [p["note"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("note")]
 
 
+def states_of(result: Replay) -> list[str]:
+    return [p["entry"]["detail"]["state"] for p in result.inputs(activities.RECORD_AUDIT)
+            if p["entry"]["kind"] == "request.state"]  # fmt: skip
+
+
 def test_all_checks_pass_then_approval_continues_the_same_contiguous_audit_chain() -> None:
     result = run(script())
     assert result.instance.status == "Completed"
-    assert result.output["state"] == "approved"
+    assert result.output["state"] == "revoked"
+    assert result.output["reason"] == "the approved duration ended"
     assert result.output["path"] == "major_incident_rule"
     seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
-    assert seqs == list(range(len(seqs)))  # the sub-orchestration continued the parent's sequence
-    assert audit_kinds(result) == [
+    assert seqs == list(range(len(seqs)))  # the sub-orchestrations continued the parent's sequence
+    assert audit_kinds(result)[:12] == [
         "intake.accepted", "request.state", "validation.responder", "validation.role", "validation.incident",
         "validation.eligibility", "validation.duplicates", "request.state", "approval.planned",
-        "approval.rule", "approval.card_posted", "request.state", "approval.review",
+        "approval.rule", "approval.card_posted", "request.state",
     ]  # fmt: skip
+    assert states_of(result) == ["validating", "validated", "approved", "activated", "effective", "revoked"]
+    assert {"activation.submit", "proof.poll", "proof.effective", "revocation.remove",
+            "revocation.confirmed"} <= set(audit_kinds(result))  # fmt: skip
+    # Nobody answered the review within its (tiny) due time: recorded after the access ended.
+    assert audit_kinds(result)[-1] == "approval.review"
     assert all(p["entry"]["workflow_version"] == access_request.WORKFLOW_VERSION
                for p in result.inputs(activities.RECORD_AUDIT))  # fmt: skip
     states = [p["state"] for p in result.inputs(activities.UPDATE_TICKET) if p.get("state")]
-    assert states == ["pending_approval"]
-    assert len(notes(result)) == 7  # five checks, "waiting for approval", "approved"
+    assert states == ["pending_approval", "pending_validated", "in_progress", "revoked"]
+    assert len(result.inputs(access_activities.ACTIVATE)) == 1
     review_round = result.inputs(approval_activities.OPEN_ROUND)[0]
     assert review_round["purpose"] == "review"
     assert review_round["instance_id"] == "replay-1"  # review votes go to the parent
@@ -148,9 +196,9 @@ def test_a_transient_ticket_failure_is_retried_without_posting_the_note_twice() 
         return {"call": "ok"}
 
     result = run(script(**{activities.UPDATE_TICKET: flaky_state}))
-    assert result.output["state"] == "approved"
-    assert attempts["state"] == 2
-    assert len(notes(result)) == len(set(notes(result))) == 7
+    assert result.output["state"] == "revoked"
+    assert attempts["state"] == 5  # four state changes, the first one retried once
+    assert len(notes(result)) == len(set(notes(result)))
 
 
 def test_an_activity_that_keeps_failing_ends_the_request_failed_at_the_next_audit_row() -> None:
@@ -184,3 +232,76 @@ def test_a_failed_approval_sub_orchestration_ends_the_request_failed_after_its_r
     seqs = [payload["seq"] for payload in result.inputs(activities.RECORD_AUDIT)]
     assert seqs == list(range(len(seqs)))  # the parent went on after the child's rows, no reuse
     assert audit_kinds(result)[-3:] == ["approval.planned", "approval.rule", "request.state"]
+
+
+def resolution_script(**overrides: Any) -> dict[str, Any]:
+    """Two-person approval (Global Administrator is high risk), the cards posted and nobody voting."""
+    return script(**{
+        approval_activities.PLAN_APPROVAL: lambda payload: {
+            "plan": plan_approval(POLICY.role("Global Administrator"), POLICY, False).to_json(),
+            "openerId": "", "openerNames": ["sam@contoso.test"], "summary": {"ticket": "INC0012345"},
+            "dueSeconds": 900, "reminderSeconds": 450, "reviewSeconds": 60, "graph": None,
+        },
+        **overrides,
+    })  # fmt: skip
+
+
+def drive(activities_script: dict[str, Any], steps: Any) -> tuple[StepReplay, Any]:
+    async def go() -> tuple[StepReplay, Any]:
+        orchestrator = access_request.ACCESS_REQUEST_ORCHESTRATOR
+        run = await StepReplay.start(app, orchestrator, START, activities_script)
+        try:
+            await steps(run)
+            return run, await run.output()
+        finally:
+            await run.stop()
+
+    return asyncio.run(go())
+
+
+def test_a_resolution_during_approval_cancels_the_request_and_grants_nothing() -> None:
+    async def steps(run: StepReplay) -> None:
+        # The intake raises it to the request and to its running approval.
+        await run.raise_event(access.RESOLUTION_EVENT, {"at": "now"})
+        await run.raise_event(access.RESOLUTION_EVENT, {"at": "now"},
+                              approval.approval_instance_id(REQUEST_ID))  # fmt: skip
+        assert (await run.instance()).is_terminal
+
+    run, output = drive(resolution_script(), steps)
+    assert output["state"] == "cancelled"
+    assert output["reason"] == "the incident was resolved before the responder confirmed"
+    assert run.inputs(access_activities.ACTIVATE) == []
+    assert [p["status"] for p in run.inputs(approval_activities.UPDATE_CARDS)] == ["cancelled"]
+    assert [p["outcome"] for p in run.inputs(approval_activities.CLOSE_ROUND)] == ["resolved"]
+    states = [p["state"] for p in run.inputs(activities.UPDATE_TICKET) if p.get("state")]
+    assert states == ["pending_approval", "cancelled"]
+
+
+def test_a_resolution_buffered_while_the_approval_ran_stops_the_request_before_activation() -> None:
+    # The resolution reached the request (only) while it waited for its approval; the approval then ended
+    # approved: the buffered event is found before activation, and nothing is granted.
+    request_id = REQUEST_ID
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+
+    async def cast(run: StepReplay, round_no: int, stage: str, approver: str, verb: Verb) -> None:
+        at = datetime.now(UTC)
+        stored[(round_no, stage)] = Vote(
+            request_id, round_no, stage, approver, "someone@contoso.test", "Someone", verb, at
+        ).to_json()
+        announcement = {"voteId": stored[(round_no, stage)]["voteId"], "round": round_no, "stage": stage}
+        instance = approval.approval_instance_id(request_id)
+        await run.raise_event(vote_event(round_no, stage), announcement, instance)
+
+    async def steps(run: StepReplay) -> None:
+        await cast(run, 1, "responder", ALEX_ID, "confirm")
+        await run.raise_event(access.RESOLUTION_EVENT, {"at": "now"})  # to the request only
+        await cast(run, 2, "on_call_lead", LEE_ID, "approve")
+        await cast(run, 2, "iam_duty_manager", IVY_ID, "approve")
+        await run.run_to_end()
+
+    loads = {approval_activities.LOAD_VOTE: lambda p: stored.get((p["round"], p["stage"]))}
+    run, output = drive(resolution_script(**loads), steps)
+    assert output["state"] == "cancelled"
+    assert output["reason"] == "the incident was resolved before activation"
+    assert run.inputs(access_activities.ACTIVATE) == []
+    assert [p["outcome"] for p in run.inputs(approval_activities.CLOSE_ROUND)] == ["approved", "approved"]

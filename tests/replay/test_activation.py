@@ -14,10 +14,14 @@ import azure.durable_functions as df  # type: ignore[import-untyped,unused-ignor
 
 from activities import access as activities
 from activities import access_request as request_activities
+from activities import approval as approval_activities
 from local.devhost.replay import StepReplay
-from orchestrators import access
+from orchestrators import access, approval
 from orchestrators.flow import RequestFlow
+from shared.approvals import Verb, Vote, plan_approval, vote_event
 from shared.models import AccessRequest, LinkedIncident, Person
+from shared.policy import load_policy
+from shared.settings import DEFAULT_POLICY_PATH
 
 T = TypeVar("T")
 EXCHANGE = "29232cdf-9323-42fd-ade2-1d097af3e4de"
@@ -61,6 +65,9 @@ app = df.DFApp()
 app.register_functions(access.bp)
 app.register_functions(activities.bp)
 app.register_functions(request_activities.bp)
+app.register_functions(approval.bp)
+app.register_functions(approval_activities.bp)
+POLICY = load_policy(DEFAULT_POLICY_PATH)
 
 
 def stores(visible_after_polls: dict[str, int]) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
@@ -223,7 +230,8 @@ _after = df.Blueprint()
 @_after.orchestration_trigger(context_name="context", orchestration="after_approval")
 def after_approval(context: df.DurableOrchestrationContext) -> Any:
     flow = RequestFlow(context)
-    return (yield from access.activate_to_revoke(flow, RESPONDER))
+    resolved = context.wait_for_external_event(access.RESOLUTION_EVENT)
+    return (yield from access.activate_to_revoke(flow, RESPONDER, resolved))
 
 
 app.register_functions(_after)
@@ -251,7 +259,11 @@ def test_a_throttled_activation_waits_retry_after_and_activates_once() -> None:
         parent_script(**{activities.ACTIVATE: lambda payload: next(answers)}),
         resolved_then_end,
     )
-    assert output["state"] == "revoked" and output["proven"] is True
+    # The resolution came while the activation waited out Retry-After: once accepted, the access is removed
+    # at once, without a proof.
+    assert output["state"] == "revoked" and output["proven"] is False
+    assert output["reason"] == "the incident was resolved"
+    assert "proof.poll" not in kinds(run) and len(run.inputs(activities.REMOVE)) == 1
     assert len(run.inputs(activities.ACTIVATE)) == 2
     outcomes = [
         p["entry"]["outcome"]
@@ -310,3 +322,144 @@ def test_without_a_resolution_the_access_ends_at_the_approved_duration() -> None
     run, output = drive("after_approval", after_input(), parent_script(), to_end)
     assert output["state"] == "revoked" and output["reason"] == "the approved duration ended"
     assert "hold.resolved" not in kinds(run)
+
+
+# --- escalation and break-glass -----------------------------------------------------------------------------
+
+IVY, SEC = "11111111-0000-4000-8000-000000000004", "11111111-0000-4000-8000-000000000006"
+
+
+def break_glass_script(stored: dict[tuple[int, str], dict[str, Any]]) -> dict[str, Any]:
+    """PIM never makes the role effective; a direct (break-glass) assignment does, at once."""
+    direct: list[str] = []
+
+    def probes(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"probe": p, "passed": bool(direct), "graph": None, "reason": ""} for p in payload["probes"]]
+
+    def assign_direct(payload: dict[str, Any]) -> dict[str, Any]:
+        direct.append("ra-1")
+        return {"verdict": "done", "requestId": "ra-1", "graph": None}
+
+    def remove_direct(payload: dict[str, Any]) -> dict[str, Any]:
+        direct.remove(payload["assignmentId"])
+        return {"verdict": "done", "requestId": "", "graph": None}
+
+    def planned(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"plan": plan_approval(POLICY.role("Exchange Administrator"), POLICY, False).to_json(),
+                "openerId": "", "openerNames": ["sam@contoso.test"], "summary": {"ticket": "INC0012345"},
+                "dueSeconds": 900, "reminderSeconds": 450, "reviewSeconds": 60, "graph": None,
+                "breakGlass": [{"name": "iam_duty_manager", "display_name": "IAM duty manager",
+                                "group_id": "g-iam", "conversation_id": "19:iam"},
+                               {"name": "security_lead", "display_name": "Security lead",
+                                "group_id": "g-sec", "conversation_id": "19:sec"}]}  # fmt: skip
+
+    return parent_script(**{
+        activities.RUN_PROBES: probes, activities.ASSIGN_DIRECT: assign_direct,
+        activities.REMOVE_DIRECT: remove_direct,
+        activities.RECORD_GRANT: lambda p: {"grant_id": f"{p['requestId']}:{p['path']}"},
+        approval_activities.PLAN_APPROVAL: planned,
+        approval_activities.OPEN_ROUND: lambda payload: payload,
+        approval_activities.POST_CARD: lambda p: {"conversationId": "c", "activityId": "a", "new": True},
+        approval_activities.UPDATE_CARDS: lambda payload: {"updated": []},
+        approval_activities.REMIND_STAGE: lambda payload: {"sent": True},
+        approval_activities.CLOSE_ROUND: lambda payload: payload,
+        approval_activities.LOAD_VOTE: lambda p: stored.get((p["round"], p["stage"])),
+    })  # fmt: skip
+
+
+def test_after_the_deadline_iam_starts_break_glass_two_people_approve_and_both_grants_are_removed() -> None:
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+
+    async def cast(run: StepReplay, round_no: int, stage: str, who: str, verb: Verb, instance: str) -> None:
+        vote = Vote(
+            "req-1", round_no, stage, who, f"{who[-4:]}@contoso.test", "Someone", verb, datetime.now(UTC)
+        )
+        stored[(round_no, stage)] = vote.to_json()
+        announcement = {"voteId": vote.vote_id, "round": round_no, "stage": stage}
+        await run.raise_event(vote_event(round_no, stage), announcement, instance)
+
+    async def steps(run: StepReplay) -> Any:
+        while not any(
+            p["round"]["purpose"] == "escalation" for p in run.inputs(approval_activities.POST_CARD)
+        ):
+            await run.fire_next()  # the proof's rounds, up to its deadline
+        await cast(run, 1, "iam_duty_manager", IVY, "approve", run.instance_id)  # "Start break-glass"
+        breakglass = approval.break_glass_instance_id("req-1")
+        await cast(run, 2, "iam_duty_manager", IVY, "approve", breakglass)
+        assert run.inputs(activities.ASSIGN_DIRECT) == []  # one approval is not enough
+        await cast(run, 2, "security_lead", SEC, "approve", breakglass)
+        return await resolved_then_end(run)
+
+    run, output = drive("after_approval", after_input(), break_glass_script(stored), steps)
+    assert output["state"] == "revoked" and output["proven"] is False
+    purposes = [p["round"]["purpose"] for p in run.inputs(approval_activities.POST_CARD)]
+    assert purposes == ["escalation", "break_glass", "break_glass"]
+    assert len(run.inputs(activities.ASSIGN_DIRECT)) == 1
+    grants = [p["path"] for p in run.inputs(activities.RECORD_GRANT)]
+    assert grants == ["pim", "break_glass"]
+    assert [p["assignmentId"] for p in run.inputs(activities.REMOVE_DIRECT)] == ["ra-1"]
+    assert {(p["grantId"], p["state"]) for p in run.inputs(activities.SET_GRANT_STATE)} >= {
+        ("req-1:break_glass", "removed"), ("req-1:pim", "removed")}  # fmt: skip
+    found = kinds(run)
+    for kind in (
+        "escalation.answer",
+        "breakglass.planned",
+        "breakglass.decision",
+        "breakglass.assign",
+        "breakglass.assigned",
+        "proof.effective",
+        "revocation.remove_direct",
+        "revocation.confirmed",
+    ):
+        assert kind in found, kind  # fmt: skip
+    assert found.index("breakglass.assigned") < found.index("proof.effective")
+
+
+def test_a_responder_cannot_start_break_glass_for_themselves_and_not_needed_closes_the_card() -> None:
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+
+    async def steps(run: StepReplay) -> Any:
+        while not any(
+            p["round"]["purpose"] == "escalation" for p in run.inputs(approval_activities.POST_CARD)
+        ):
+            await run.fire_next()
+        # An event announcing the responder's own "Start break-glass" (the bot refuses it; the request too).
+        vote = Vote(
+            "req-1", 1, "iam_duty_manager", ALEX, "alex@contoso.test", "Alex", "approve", datetime.now(UTC)
+        )
+        stored[(1, "iam_duty_manager")] = vote.to_json()
+        await run.raise_event("vote_r1_iam_duty_manager", {"voteId": vote.vote_id})
+        # The card takes clicks again in round 2; IAM says it is not needed.
+        vote = Vote("req-1", 2, "iam_duty_manager", IVY, "ivy@contoso.test", "Ivy", "deny", datetime.now(UTC))
+        stored[(2, "iam_duty_manager")] = vote.to_json()
+        await run.raise_event("vote_r2_iam_duty_manager", {"voteId": vote.vote_id})
+        return await resolved_then_end(run)
+
+    run, output = drive("after_approval", after_input(), break_glass_script(stored), steps)
+    assert output["state"] == "revoked"
+    answers = [p["entry"]["outcome"] for p in run.inputs(request_activities.RECORD_AUDIT)
+               if p["entry"]["kind"] == "escalation.answer"]  # fmt: skip
+    assert answers == ["refused", "declined"]
+    assert run.inputs(activities.ASSIGN_DIRECT) == [] and run.inputs(activities.REMOVE_DIRECT) == []
+
+
+def test_pim_unreachable_after_the_retries_escalates_with_the_break_glass_card_and_still_cleans_up() -> None:
+    stored: dict[tuple[int, str], dict[str, Any]] = {}
+    down = {"verdict": "unavailable", "code": "CircuitOpen", "retryAfter": 30, "graph": None}
+
+    def remove(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"verdict": "absent", "code": "RoleAssignmentDoesNotExist", "graph": None}
+
+    run, output = drive(
+        "after_approval",
+        after_input(),
+        {**break_glass_script(stored), activities.ACTIVATE: lambda payload: down, activities.REMOVE: remove},
+        resolved_then_end,
+    )
+    assert output["state"] == "revoked" and output["proven"] is False
+    assert len(run.inputs(activities.ACTIVATE)) == 6  # bounded: the workflow's attempts, then escalation
+    assert [p["path"] for p in run.inputs(activities.RECORD_GRANT)] == ["pim"]  # it may have taken effect
+    assert [p["round"]["purpose"] for p in run.inputs(approval_activities.POST_CARD)] == ["escalation"]
+    to_iam = [p["text"] for p in run.inputs(activities.NOTIFY) if p.get("conversationId") == "19:iam"]
+    assert len(to_iam) == 1 and "CircuitOpen" in to_iam[0]
+    assert len(run.inputs(activities.REMOVE)) == 1  # removed at the end whatever happened ("absent" is fine)

@@ -377,3 +377,35 @@ def test_the_approvers_reminder_comes_at_half_of_the_time_left_after_a_late_conf
     assert [p["stage"] for p in run.inputs(activities.REMIND_STAGE)] == [
         "responder", "on_call_lead", "iam_duty_manager"]  # fmt: skip
     assert instance.status == "Running"
+
+
+def test_a_vote_that_arrives_while_another_is_being_counted_is_counted_too() -> None:
+    # Lee's and Ivy's clicks 0.1 s apart: Ivy's event arrives while Lee's vote is still being loaded.
+    held: dict[str, Any] = {}
+
+    def load_vote(payload: dict[str, Any]) -> Any:
+        stored = STORED.get((payload["round"], payload["stage"]))
+        if payload["stage"] != "on_call_lead" or held["loading"].is_set():
+            return stored
+        held["loading"].set()
+
+        async def later() -> Any:
+            await held["gate"].wait()
+            return stored
+
+        return later()
+
+    async def steps(run: StepReplay) -> Any:
+        held["gate"], held["loading"] = asyncio.Event(), asyncio.Event()
+        await confirmed(run)
+        await cast(run, 2, "on_call_lead", LEE, settle=False)
+        await held["loading"].wait()
+        await cast(run, 2, "iam_duty_manager", IVY, settle=False)
+        await asyncio.sleep(0.05)  # Ivy's event is applied while Lee's vote is loading
+        held["gate"].set()
+        await run.settle()
+        return await run.output()
+
+    _, output = drive(steps, {**script(), activities.LOAD_VOTE: load_vote})
+    assert output is not None and output["outcome"] == "approved"
+    assert {a["id"] for a in output["approvals"]} == {LEE, IVY}

@@ -316,6 +316,8 @@ def test_canonical_json_is_compact_with_sorted_keys():
         ("[escalation]", "[limits]\nmax_body_bytes = 1024\n\n[escalation]"),
         ("[escalation]", "[itsm.servicenow.state_labels]\nrevoked = 'Access removed'\n\n[escalation]"),
         ('required_probes = ["pim_instance", "exchange_role_group"]', 'required_probes = ["pim_instance"]'),
+        ("[escalation]", "[circuit_breaker]\nfailures = 3\n\n[escalation]"),
+        ("[escalation]", "[circuit_breaker]\nopen_for = 'PT2M'\n\n[escalation]"),
     ],
 )
 def test_version_hash_changes_with_any_semantic_change(old, new):
@@ -578,3 +580,53 @@ def test_role_lookup_ignores_case():
     assert policy.role("exchange ADMINISTRATOR").name == "Exchange Administrator"
     with pytest.raises(UnknownRoleError):
         policy.role("Exchange Admin")
+
+
+# --- circuit breaker ---------------------------------------------------------------------------------
+
+BREAKER = "[escalation]", "[circuit_breaker]\n{}\n\n[escalation]"
+
+
+def with_breaker(lines: str) -> str:
+    return edit(BREAKER[0], BREAKER[1].format(lines))
+
+
+def test_circuit_breaker_defaults_to_five_failures_and_one_minute():
+    breaker = parse_policy(BASE).circuit_breaker
+    assert (breaker.failures, breaker.open_for) == (5, timedelta(minutes=1))
+    assert parse_policy(with_breaker("failures = 5\nopen_for = 'PT60S'")).version_hash == (
+        parse_policy(BASE).version_hash
+    )
+
+
+def test_repo_policy_spells_out_the_circuit_breaker():
+    assert "[circuit_breaker]" in REPO_POLICY.read_text()
+    breaker = load_policy(REPO_POLICY).circuit_breaker
+    assert (breaker.failures, breaker.open_for) == (5, timedelta(minutes=1))
+
+
+def test_circuit_breaker_seconds_are_accepted_for_tests():
+    breaker = parse_policy(with_breaker("failures = 2\nopen_for = 'PT0.5S'")).circuit_breaker
+    assert (breaker.failures, breaker.open_for) == (2, timedelta(milliseconds=500))
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ("failures = 0", "circuit_breaker.failures = 0: must be greater than 0"),
+        ("failures = '5'", "circuit_breaker.failures = '5': must be an integer"),
+        ("failures = 2.5", "circuit_breaker.failures = 2.5: must be an integer"),
+        ("open_for = 'PT0S'", "circuit_breaker.open_for = 'PT0S': must be longer than zero"),
+        ("open_for = 60", "circuit_breaker.open_for = 60: must be a duration string"),
+    ],
+)
+def test_bad_circuit_breaker_values_name_the_key_and_reason(lines, problem):
+    assert only_problem_of(with_breaker(lines)).startswith(f"{SOURCE}: {problem}")
+
+
+def test_mistyped_circuit_breaker_key_suggests_the_right_one():
+    problem = only_problem_of(with_breaker("failure = 3"))
+    assert problem == (
+        f"{SOURCE}: circuit_breaker.failure = 3: unknown key (did you mean 'failures'?) "
+        "(allowed: failures, open_for)"
+    )

@@ -112,7 +112,13 @@ def test_guids_are_normalised_to_lower_case():
 
 @pytest.mark.parametrize(
     "name",
-    ["GRAPH_BASE_URL", "BOT_CONNECTOR_SERVICE_URL", "JIRA_BASE_URL", "AzureWebJobsStorage__tableServiceUri"],
+    [
+        "GRAPH_BASE_URL",
+        "BOT_CONNECTOR_SERVICE_URL",
+        "JIRA_BASE_URL",
+        "EXCHANGE_ADMIN_BASE_URL",
+        "AzureWebJobsStorage__tableServiceUri",
+    ],
 )
 def test_plain_http_to_a_non_loopback_host_is_refused(name):
     env = minimal_env(**{name: "http://graph.example.com/v1.0"})
@@ -216,6 +222,15 @@ def test_relative_policy_path_is_resolved_against_the_app_root():
 def test_absolute_policy_path_is_kept(tmp_path):
     target = tmp_path / "p.toml"
     assert Settings.from_env(minimal_env(POLICY_PATH=str(target))).policy_path == target
+
+
+def test_exchange_admin_base_url_defaults_to_exchange_online_and_can_point_elsewhere():
+    assert SETTINGS_VARIABLES["EXCHANGE_ADMIN_BASE_URL"] is False
+    assert Settings.from_env(minimal_env()).exchange_admin_base_url == "https://outlook.office365.com"
+    national = Settings.from_env(minimal_env(EXCHANGE_ADMIN_BASE_URL="https://outlook.office365.us/"))
+    assert national.exchange_admin_base_url == "https://outlook.office365.us"
+    local = Settings.from_env(minimal_env(EXCHANGE_ADMIN_BASE_URL="http://127.0.0.1:7081/exchange"))
+    assert local.exchange_admin_base_url == "http://127.0.0.1:7081/exchange"
 
 
 def test_base_url_for_returns_the_configured_url():

@@ -190,6 +190,13 @@ def test_a_duration_over_the_roles_maximum_is_refused() -> None:
     assert "PT2H is longer than Global Administrator allows (PT1H)" in too_long.reason
 
 
+def test_a_duration_under_pims_minimum_active_time_is_refused_before_anyone_is_asked() -> None:
+    too_short = check_role(replace(REQUEST, duration=timedelta(minutes=2)), POLICY)
+    assert not too_short.passed
+    assert "PT2M is shorter than PIM's minimum active time (PT5M)" in too_short.reason
+    assert check_role(replace(REQUEST, duration=timedelta(minutes=5)), POLICY).passed
+
+
 def test_only_a_tenant_wide_eligibility_counts() -> None:
     scoped = RoleSchedule("s-2", ALEX_ID, EXCHANGE, "/administrativeUnits/au-1", "Direct", None, None)
     result = run(
