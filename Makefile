@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LINT_PATHS := function_app.py orchestrators activities shared local tests
 
-.PHONY: setup demo test lint run clean
+.PHONY: setup demo test lint run bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -33,6 +33,9 @@ demo: setup
 
 run: setup
 	$(PY) -m local.stack run
+
+bench: setup
+	$(PY) -m local.bench
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache

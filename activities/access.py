@@ -15,7 +15,7 @@ from shared.directory import DirectoryError
 from shared.exchange import exchange_role_group_probe
 from shared.grants import Grant
 from shared.models import AccessRequest
-from shared.pim import Pim, PimAnswer
+from shared.pim import Pim, PimAnswer, classify
 from shared.services import bot_connector, exchange, grant_ledger
 
 ACTIVATE = "activate_role"
@@ -63,12 +63,17 @@ async def activate(payload: dict[str, Any]) -> dict[str, Any]:
     retry first looks for an active or pending assignment of the responder and role (the validation chain
     found none, so one now is this request's), so one approval gives at most one activation."""
     pim, responder, role = _pim(), payload["responderId"], payload["templateId"]
-    active = await pim.pim_instances(responder, role)
+    try:
+        active = await pim.pim_instances(responder, role)
+        pending = await pim.pending_requests(responder, role) if not active.value else None
+    except DirectoryError as error:  # the look itself failed: an answer like the write's, never a raise
+        return PimAnswer(
+            classify(error), None, error.call, error.code, str(error), error.retry_after
+        ).to_json()
     if active.value:
         return {"verdict": "exists", "requestId": "", "instances": active.value,
                 "graph": active.call.__dict__}  # fmt: skip
-    pending = await pim.pending_requests(responder, role)
-    if pending.value:
+    if pending is not None and pending.value:
         return {"verdict": "pending", "requestId": pending.value[0].id, "status": pending.value[0].kind,
                 "graph": pending.call.__dict__}  # fmt: skip
     answer: PimAnswer = await pim.assign(
@@ -150,13 +155,37 @@ async def assign_directly(payload: dict[str, Any]) -> dict[str, Any]:
 
 @bp.activity_trigger(input_name="payload", activity=REMOVE_DIRECT)
 async def remove_direct(payload: dict[str, Any]) -> dict[str, Any]:
-    answer = await _pim().remove_direct(payload["assignmentId"])
+    """Delete the break-glass assignment. Recorded without its id (a retried POST met the first one and the
+    look-up of its id failed): the responder's direct assignments of the role are found and deleted."""
+    pim = _pim()
+    ids = [payload["assignmentId"]] if payload.get("assignmentId") else []
+    if not ids:
+        try:
+            holders = await pim.role_holders(payload["templateId"])
+        except DirectoryError as error:
+            return PimAnswer(
+                classify(error), None, error.call, error.code, str(error), error.retry_after
+            ).to_json()
+        responder = payload["responderId"].lower()
+        ids = [h.assignment_id for h in holders.value if h.principal_id == responder and h.source == "direct"]
+        if not ids:
+            nothing = "the responder holds no direct assignment of the role"
+            return PimAnswer("absent", None, holders.call, "", nothing).to_json()
+    answer = None
+    for assignment_id in ids:
+        answer = await pim.remove_direct(assignment_id)
+        if answer.verdict not in ("done", "absent"):
+            break
+    assert answer is not None
     return answer.to_json()
 
 
 @bp.activity_trigger(input_name="payload", activity=REVOKE_SESSIONS)
 async def revoke_sessions(payload: dict[str, Any]) -> dict[str, Any]:
-    revoked = await _pim().revoke_sessions(payload["userId"])
+    try:
+        revoked = await _pim().revoke_sessions(payload["userId"])
+    except DirectoryError as error:  # recorded as failed by the orchestration; the access is removed anyway
+        return {"revoked": False, "code": error.code, "graph": error.call.__dict__}
     return {"revoked": revoked.value, "graph": revoked.call.__dict__}
 
 

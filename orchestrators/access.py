@@ -24,7 +24,6 @@ import azure.durable_functions as df
 
 from activities.access import (
     ACTIVATE,
-    NOTIFY,
     PLAN_ACCESS,
     RECORD_GRANT,
     REMOVE,
@@ -184,9 +183,7 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
                     f"{int((now - disagree_since).total_seconds())} s. Evidence: "
                     f"{_compact(results)}"
                 )
-                yield context.call_activity_with_retry(
-                    NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
-                )
+                yield from flow.tell({"conversationId": plan["iamConversationId"], "text": text})
                 yield from flow.ticket(f"Stores disagree beyond the threshold; routed to IAM: {text}")
                 yield from flow.record(
                     "proof.store_mismatch", "routed", {"results": _compact(results)}, role=flow.request.role
@@ -208,9 +205,7 @@ def proof(context: df.DurableOrchestrationContext) -> Steps:
                 f"{flow.request.role} is active in PIM but not effective yet: "
                 f"{', '.join(failing(results))} still failing. Next update by {_at(next_progress)}."
             )
-            yield context.call_activity_with_retry(
-                NOTIFY, RETRY, {"userId": responder["userId"], "text": text}
-            )
+            yield from flow.tell({"userId": responder["userId"], "text": text})
             yield from flow.ticket(text)
             yield from flow.record(
                 "proof.progress",
@@ -266,6 +261,8 @@ def hold_and_revoke(
                 continue
             if verb == "approve":
                 outcome = yield from break_glass.decide(flow, escalation, responder, end_at)
+                if outcome == "approved" and resolved.is_completed:
+                    outcome = "resolved"  # resolved while the approval ran: nothing to assign
                 if outcome == "approved":
                     direct = yield from break_glass.assign(flow, plan, responder, end_at)
                     if direct is not None and not proven:
@@ -313,7 +310,7 @@ def hand_over(flow: RequestFlow, responder: dict[str, Any], effective_at: dateti
         f"Your {flow.request.role} access works (proven at {_at(effective_at)}). If a workload still "
         "refuses, sign out and back in: tokens issued before the activation do not carry the role."
     )
-    yield flow.context.call_activity_with_retry(NOTIFY, RETRY, {"userId": responder["userId"], "text": text})
+    yield from flow.tell({"userId": responder["userId"], "text": text})
     yield from flow.ticket(
         f"Access effective at {_at(effective_at)}: work can proceed.{' ' + facts if facts else ''}",
         state_key="in_progress",
@@ -354,10 +351,15 @@ def revoke(
         yield context.create_timer(max(not_before, context.current_utc_datetime + timedelta(seconds=5)))
     if direct is not None:  # the break-glass assignment, removed like any grant
         answer = yield from flow.write(
-            REMOVE_DIRECT, {"assignmentId": direct["assignmentId"]}, "revocation.remove_direct",
+            REMOVE_DIRECT,
+            {"assignmentId": direct["assignmentId"], "responderId": responder["userId"],
+             "templateId": plan["templateId"]},
+            "revocation.remove_direct",
             ("done", "absent"), {"reason": reason, "grantId": direct["grantId"]}, responder,
         )  # fmt: skip
         removed_direct = answer["verdict"] in ("done", "absent")
+        if removed_direct:
+            flow.grants.remove(direct["grantId"])
         yield context.call_activity_with_retry(
             SET_GRANT_STATE, RETRY,
             {"grantId": direct["grantId"], "state": "removed" if removed_direct else "removal_failed",
@@ -393,6 +395,8 @@ def revoke(
     yield context.call_activity_with_retry(
         SET_GRANT_STATE, RETRY, {"grantId": grant_id, "state": state, "detail": reason}
     )
+    if grant_id in flow.grants:
+        flow.grants.remove(grant_id)  # its state is final here (removed, or removal_failed for the sweep)
     if state == "removed":
         yield from flow.ticket(
             f"Access revoked ({reason}); removal confirmed in PIM and the role store.", state_key="revoked"
@@ -404,9 +408,7 @@ def revoke(
             f"[{flow.request_id}] removing {request.role} from {responder['upn']} did not complete: "
             "the sweep retries."
         )
-        yield context.call_activity_with_retry(
-            NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
-        )
+        yield from flow.tell({"conversationId": plan["iamConversationId"], "text": text})
         yield from flow.ticket(text)
         yield from flow.set_state("removal_failed", reason)
         return "removal_failed"
@@ -445,9 +447,7 @@ def activate_to_revoke(
         reason = (f"PIM refused the activation: {answer['verdict']} {answer.get('code', '')} "
                   f"{answer.get('message', '')}".strip())  # fmt: skip
         text = f"[{flow.request_id}] {request.role} for {responder['upn']} could not be activated: {reason}."
-        yield context.call_activity_with_retry(
-            NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
-        )
+        yield from flow.tell({"conversationId": plan["iamConversationId"], "text": text})
         yield from flow.ticket(text, state_key="escalated")
         yield from flow.set_state("escalated", reason)
         return {"requestId": flow.request_id, "state": "escalated", "reason": reason}
@@ -467,6 +467,8 @@ def activate_to_revoke(
             "expiresAt": (submitted + request.duration).isoformat(),
         },
     )
+    flow.grants.append(grant["grant_id"])
+    flow.soft_messages = True  # from here on a ticket or Teams failure must not stop the removal
     if not accepted:
         # PIM could not be reached (throttled, 5xx, the breaker open) after the retries. The POST may still
         # have taken effect: the grant is recorded, so it is removed at the end whatever happened, and IAM
@@ -504,6 +506,10 @@ def activate_to_revoke(
     else:
         proved = yield from prove(flow, plan, responder, submitted)
     flow.seq = int(proved["seq"])
+    if resolved.is_completed and proved["outcome"] != "resolved":
+        # The resolution reached the request just before its proof began (so the proof did not hear it):
+        # no hand-over or escalation for a resolved incident; remove the access now.
+        proved = {**proved, "outcome": "resolved"}
     proven = proved["outcome"] == "effective"
     escalation = None
     if proven:
@@ -540,6 +546,7 @@ def prove(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], su
                 "responder": responder,
                 "plan": plan,
                 "submittedAt": submitted.isoformat(),
+                "softMessages": True,
             },
             proof_instance_id(flow.request_id),
         )
@@ -556,7 +563,7 @@ def escalate(
     """The proof deadline passed (or PIM could not be reached, ``why``): IAM on call gets the diagnostics
     (Teams and the ticket); the assignment stays and the hold keeps probing at the slow cadence. The
     escalation card (break-glass) follows."""
-    context, request = flow.context, flow.request
+    request = flow.request
     why = why or (
         f"not effective {int(plan['proofDeadline'])} s after submission: {', '.join(proved['failing'])} "
         "still failing"
@@ -566,8 +573,6 @@ def escalate(
         f"ids): {proved['results']}. Probing continues every {int(plan['slowProbe'])} s until the access "
         "ends; IAM can start break-glass from the escalation card."
     )
-    yield context.call_activity_with_retry(
-        NOTIFY, RETRY, {"conversationId": plan["iamConversationId"], "text": text}
-    )
+    yield from flow.tell({"conversationId": plan["iamConversationId"], "text": text})
     yield from flow.ticket(text, state_key="escalated")
     yield from flow.set_state("escalated", why)

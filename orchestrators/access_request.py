@@ -22,6 +22,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from activities.access import SET_GRANT_STATE
 from activities.access_request import (
     VALIDATE_DUPLICATES,
     VALIDATE_ELIGIBILITY,
@@ -98,6 +99,15 @@ def access_request(context: df.DurableOrchestrationContext) -> Steps:
         yield from flow.resync()  # a failed sub-orchestration may have written rows we did not count
         with contextlib.suppress(Exception):  # best effort: no card of a stopped request takes clicks
             yield context.call_activity_with_retry(CLOSE_OPEN_ROUNDS, RETRY, flow.request_id)
+        for grant_id in list(flow.grants):
+            # Access granted and not removed: hand it to the sweep, which removes a removal_failed grant at
+            # its next run (within minutes), not at the end of the approved duration.
+            with contextlib.suppress(Exception):
+                yield context.call_activity_with_retry(
+                    SET_GRANT_STATE, RETRY,
+                    {"grantId": grant_id, "state": "removal_failed",
+                     "detail": f"{reason}; the sweep removes it"},
+                )  # fmt: skip
         yield from flow.set_state("failed", reason)
         with contextlib.suppress(Exception):  # best effort: the ticket may be what failed
             yield from flow.ticket(f"The emergency access request stopped and needs IAM: {reason}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from activities.access import ASSIGN_DIRECT, RECORD_GRANT
+from activities.access import ASSIGN_DIRECT, RECORD_GRANT, SET_GRANT_STATE
 from activities.approval import CLOSE_ROUND, LOAD_VOTE, PLAN_APPROVAL, UPDATE_CARDS
 from orchestrators.approval import APPROVAL_ORCHESTRATOR, Rounds, break_glass_instance_id
 from orchestrators.flow import RETRY, RequestFlow, Steps
@@ -127,7 +127,7 @@ def decide(flow: RequestFlow, escalation: Escalation, responder: dict[str, Any],
         APPROVAL_ORCHESTRATOR,
         {"requestId": flow.request_id, "request": flow.request.to_dict(), "checks": flow.checks,
          "seq": flow.seq, "responder": responder, "majorIncident": False,
-         "parentInstanceId": context.instance_id, "purpose": "break_glass",
+         "parentInstanceId": context.instance_id, "purpose": "break_glass", "softMessages": True,
          "round": escalation.rounds.round_no, "dueBy": end_at.isoformat()},
         break_glass_instance_id(flow.request_id),
     )  # fmt: skip
@@ -143,24 +143,33 @@ def decide(flow: RequestFlow, escalation: Escalation, responder: dict[str, Any],
 
 
 def assign(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], end_at: datetime) -> Steps:
-    """The direct unified RBAC assignment, recorded in the grant ledger; returns {grantId, assignmentId}, or
-    None when Graph refused it (recorded; the request goes on holding what it has)."""
+    """The direct unified RBAC assignment, recorded in the grant ledger FIRST (without its id, which the
+    sweep and the removal find through the role's holders): a unified assignment has no end of its own, so
+    it must never exist unknown to the ledger. Returns {grantId, assignmentId}, or None when Graph did not
+    accept it (the grant is then handed to the sweep, which removes it if the write took effect after all)."""
     context = flow.context
-    answer = yield from flow.write(
-        ASSIGN_DIRECT, {"responderId": responder["userId"], "templateId": plan["templateId"]},
-        "breakglass.assign", ("done", "exists"), {"path": "unified RBAC"}, responder,
-    )  # fmt: skip
-    if answer["verdict"] not in ("done", "exists"):
-        yield from flow.ticket(f"Break-glass assignment failed: {answer.get('code') or answer['verdict']}.")
-        return None
-    now = context.current_utc_datetime
     grant = yield context.call_activity_with_retry(
         RECORD_GRANT, RETRY,
         {"requestId": flow.request_id, "path": "break_glass", "responderId": responder["userId"],
          "responderUpn": responder["upn"], "role": flow.request.role, "templateId": plan["templateId"],
-         "assignmentRequestId": answer.get("requestId", ""), "grantedAt": now.isoformat(),
+         "assignmentRequestId": "", "grantedAt": context.current_utc_datetime.isoformat(),
          "expiresAt": end_at.isoformat()},
     )  # fmt: skip
+    flow.grants.append(grant["grant_id"])
+    answer = yield from flow.write(
+        ASSIGN_DIRECT, {"responderId": responder["userId"], "templateId": plan["templateId"]},
+        "breakglass.assign", ("done", "exists"), {"path": "unified RBAC", "grantId": grant["grant_id"]},
+        responder,
+    )  # fmt: skip
+    if answer["verdict"] not in ("done", "exists"):
+        yield context.call_activity_with_retry(
+            SET_GRANT_STATE, RETRY,
+            {"grantId": grant["grant_id"], "state": "removal_failed",
+             "detail": f"break-glass write not accepted ({answer['verdict']}): the sweep checks and removes"},
+        )  # fmt: skip
+        flow.grants.remove(grant["grant_id"])
+        yield from flow.ticket(f"Break-glass assignment failed: {answer.get('code') or answer['verdict']}.")
+        return None
     yield from flow.record(
         "breakglass.assigned", "recorded",
         {"assignmentId": answer.get("requestId", ""), "grantId": grant["grant_id"],

@@ -14,6 +14,7 @@ from typing import Any
 
 import azure.durable_functions as df
 
+from activities.access import NOTIFY
 from activities.access_request import AUDIT_NEXT_SEQ, RECORD_AUDIT, UPDATE_TICKET
 from shared.audit import STATE_KIND
 from shared.models import AccessRequest
@@ -45,6 +46,10 @@ class RequestFlow:
         self.request = AccessRequest.from_dict(start["request"])
         self.seq: int = int(start.get("seq", 0))
         self.checks: list[dict[str, Any]] = list(start.get("checks", []))
+        # Once access is granted, a ticket note or a Teams message that cannot be delivered is recorded and
+        # the flow goes on: stopping would leave the access assigned until the sweep finds it.
+        self.soft_messages: bool = bool(start.get("softMessages", False))
+        self.grants: list[str] = []  # grant ids recorded and not yet confirmed removed
 
     def record(
         self,
@@ -85,11 +90,27 @@ class RequestFlow:
             "ticket": self.request.ticket,
             "ticketId": self.request.ticket_id,
         }
-        yield self.context.call_activity_with_retry(
-            UPDATE_TICKET, RETRY, {**ref, "note": f"[Emergency access {self.request_id}] {note}"}
-        )
-        if state_key:
-            yield self.context.call_activity_with_retry(UPDATE_TICKET, RETRY, {**ref, "state": state_key})
+        try:
+            yield self.context.call_activity_with_retry(
+                UPDATE_TICKET, RETRY, {**ref, "note": f"[Emergency access {self.request_id}] {note}"}
+            )
+            if state_key:
+                yield self.context.call_activity_with_retry(UPDATE_TICKET, RETRY, {**ref, "state": state_key})
+        except Exception as error:
+            if not self.soft_messages:
+                raise
+            yield from self.record("ticket.failed", "failed", {"note": note[:300], "state": state_key,
+                                                               "error": _first_line(error)})  # fmt: skip
+
+    def tell(self, payload: dict[str, Any]) -> Steps:
+        """A plain Teams message (to ``userId``'s 1:1 chat or ``conversationId``)."""
+        try:
+            yield self.context.call_activity_with_retry(NOTIFY, RETRY, payload)
+        except Exception as error:
+            if not self.soft_messages:
+                raise
+            yield from self.record("teams.failed", "failed", {"to": payload.get("conversationId") or
+                                   payload.get("userId"), "error": _first_line(error)})  # fmt: skip
 
     def set_state(self, state: str, reason: str = "", **status: Any) -> Steps:
         self.context.set_custom_status(
@@ -129,3 +150,7 @@ class RequestFlow:
             wait = timedelta(seconds=float(retry_after)) if retry_after else timedelta(seconds=5 * 2**attempt)
             yield self.context.create_timer(self.context.current_utc_datetime + wait)
         return answer
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:300] if str(error) else type(error).__name__

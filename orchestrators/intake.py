@@ -32,6 +32,17 @@ from shared.services import audit_ledger, deliveries, request_index
 from shared.webhooks import SignatureError, UnsupportedSystemError, verify_signature
 
 _RUNNING = (df.OrchestrationRuntimeStatus.Running, df.OrchestrationRuntimeStatus.Pending)
+# A request whose access has ended may still run for a while (a rule-approved request waits for its
+# post-facto review, up to timings.review_due): for a new delivery it has ended.
+_ENDED_STATES = frozenset(
+    {"revoked", "removal_failed", "cancelled", "denied", "expired", "rejected", "failed"}
+)
+
+
+def _access_ended(status: df.DurableOrchestrationStatus) -> bool:
+    custom = status.custom_status
+    return isinstance(custom, dict) and custom.get("state") in _ENDED_STATES
+
 
 bp = df.Blueprint()
 
@@ -126,7 +137,7 @@ async def _start_or_find(
     for_role = [r for r in await asyncio.to_thread(index.requests_for, key) if r.role_template_id == template]
     for existing in reversed(for_role):
         status = await client.get_status(existing.request_id)
-        if status.runtime_status in _RUNNING:
+        if status.runtime_status in _RUNNING and not _access_ended(status):
             # A new delivery for a running request changes nothing but the record (design.md §2).
             return _found(req, existing.request_id, "running")
     latest = for_role[-1] if for_role else None

@@ -65,7 +65,8 @@ class DirectoryError(RuntimeError):
 
     @property
     def transient(self) -> bool:
-        return self.call.status == 429 or self.call.status >= 500
+        # 429, 5xx, or no answer at all (status 0: a transport error, or our circuit breaker refusing).
+        return self.call.status in (0, 429) or self.call.status >= 500
 
 
 @dataclass(frozen=True)

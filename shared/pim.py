@@ -233,10 +233,11 @@ class Pim:
             await self._record(dependency, not _outage(error.call.status), str(error))
             raise
         except httpx.TransportError as error:
-            await self._record(
-                dependency, False, f"Graph {method} {path}: no answer ({type(error).__name__})"
-            )
-            raise
+            # No answer (a timeout, a reset): a write may still have taken effect. Classified like a 5xx
+            # (status 0: "unavailable"), so the workflow looks before it writes again.
+            failure = f"Graph {method} {path}: no answer ({type(error).__name__})"
+            await self._record(dependency, False, failure)
+            raise DirectoryError(failure, "TransportError", GraphCall(method, path, 0)) from error
         await self._record(dependency, True, "")
         return value
 

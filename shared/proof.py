@@ -41,7 +41,8 @@ def failing(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def stores_disagree(results: Sequence[dict[str, Any]]) -> bool:
-    """PIM says the role is active, but another directory store does not show it (yet)."""
-    by_probe = {r["probe"]: bool(r.get("passed")) for r in results}
+    """PIM says the role is active, but another directory store does not show it (yet). A store that could
+    not be read (an error code: an outage, the breaker open) is not a disagreement."""
+    by_probe = {r["probe"]: bool(r.get("passed")) for r in results if not r.get("code")}
     stores = [by_probe[p] for p in DIRECTORY_STORES if p in by_probe]
     return by_probe.get(PIM_PROBE, False) and not all(stores)

@@ -641,6 +641,18 @@ class _Run:
         for grant in grants:
             if not _due(grant, now):
                 continue
+            if _superseded(grant, grants, now):
+                # A later request of the same responder and role holds it now (its duplicates check found
+                # nothing assigned, so this grant's assignment had ended): removing "the responder's role"
+                # would remove the later access. Close this grant instead.
+                detail = "sweep: superseded by a later grant of the same responder and role"
+                await asyncio.to_thread(
+                    self.s.ledger.set_removal_state, grant.grant_id, "removed", now, detail
+                )
+                await self._record("sweep.removal_superseded", "recorded", {"grantId": grant.grant_id,
+                                   "reason": detail}, role=grant.role_name)  # fmt: skip
+                self.tally.skipped.append(grant.grant_id)
+                continue
             await self._keep_lease()
             try:
                 await self._reconcile(grant)
@@ -882,6 +894,21 @@ class _Run:
 def _due(grant: Grant, now: datetime) -> bool:
     """Past its expiry (whatever its state short of removed), or a removal that failed before."""
     return grant.removal_state == "removal_failed" or grant.is_past_expiry(now)
+
+
+def _superseded(grant: Grant, grants: list[Grant], now: datetime) -> bool:
+    """Whether a later, still current grant covers the same responder and role, and this grant would be
+    removed by that pair (a PIM grant, or a break-glass one recorded without its assignment id)."""
+    if grant.path == "break_glass" and grant.assignment_request_id:
+        return False  # removed by its own id: never touches another grant's assignment
+    pair = _pair(grant.responder_id, grant.role_template_id)
+    return any(
+        other.grant_id != grant.grant_id
+        and _pair(other.responder_id, other.role_template_id) == pair
+        and other.granted_at > grant.granted_at
+        and not _due(other, now)
+        for other in grants
+    )
 
 
 def _pair(principal_id: str, role_template_id: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from local.demo import (
     DemoSetupError,
     nothing_left,
     scenario_c,
+    scenario_d,
     timeline_lines,
     write_demo_policy,
 )
@@ -64,7 +65,7 @@ def test_a_timeline_line_gives_the_seconds_since_the_webhook_the_step_and_what_i
 
 
 @pytest.mark.stack
-def test_the_global_administrator_scenario_passes_on_the_live_stack(
+def test_the_two_person_and_the_break_glass_scenarios_pass_on_the_live_stack(
     tmp_path: Path, azurite: Azurite, sim: SimulatorProcess
 ) -> None:
     policy_path = write_demo_policy(tmp_path)
@@ -78,6 +79,10 @@ def test_the_global_administrator_scenario_passes_on_the_live_stack(
             run = DemoRun(host, sim, azurite.connection_string, load_policy(policy_path), secret, client)
             sim.pim_behaviour(minimumActiveSeconds=PIM_MINIMUM_ACTIVE_SECONDS)
             assert scenario_c(run), host.log_tail()
+            # (d): never effective, escalated, break-glass started in Teams and approved by two people,
+            # assigned through unified RBAC, and both grants removed at resolution.
+            assert scenario_d(run), host.log_tail()
             assert nothing_left(run)
     finally:
         host.kill()
+        sim.control("DELETE", "graph/pim-behaviour")  # the simulators are shared with later modules

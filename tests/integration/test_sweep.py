@@ -98,7 +98,8 @@ class World:
         return seeded
 
     def grant(self, principal: str, role: str, *, expires_in: timedelta, path: GrantPath = "pim",
-              assignment_id: str | None = None, state: RemovalState = "active") -> Grant:  # fmt: skip
+              assignment_id: str | None = None, state: RemovalState = "active",
+              granted_ago: timedelta = timedelta(hours=1)) -> Grant:  # fmt: skip
         request_id = f"servicenow-INC{uuid.uuid4().hex[:8]}-{role[:8]}-g1"
         now = datetime.now(UTC)
         grant = Grant(
@@ -106,7 +107,7 @@ class World:
             responder_upn=f"{principal[:8]}@contoso.test",
             role_name=next(r.name for r in POLICY.roles if r.template_id == role), role_template_id=role,
             path=path, assignment_request_id=str(uuid.uuid4()) if assignment_id is None else assignment_id,
-            granted_at=now - timedelta(hours=1), expires_at=now + expires_in,
+            granted_at=now - granted_ago, expires_at=now + expires_in,
         )  # fmt: skip
         recorded = self.ledger.record(grant)
         if state != "active":
@@ -246,6 +247,25 @@ def test_a_break_glass_grant_recorded_without_its_assignment_id_is_found_and_rem
     assert summary.removed == (grant.grant_id,)
     assert world.removal_calls() == {REMOVE_PIM: 0, REMOVE_DIRECT: 1}
     assert _ended(world.sim) == {alex: "deleted"}  # bob's activation is no business of this grant
+
+
+def test_an_old_failed_grant_never_removes_a_later_requests_access_to_the_same_role(world: World) -> None:
+    alex = world.user("alex")
+    old = world.grant(alex, EXCHANGE_ADMIN, expires_in=-timedelta(hours=1), granted_ago=timedelta(hours=3),
+                      state="removal_failed")  # fmt: skip
+    world.assignment(alex, EXCHANGE_ADMIN, started=timedelta(minutes=10), lasts=timedelta(hours=1))
+    current = world.grant(
+        alex, EXCHANGE_ADMIN, expires_in=timedelta(minutes=50), granted_ago=timedelta(minutes=10)
+    )
+
+    summary = _one(world.run())
+
+    assert summary.removed == () and old.grant_id in summary.skipped
+    assert world.ledger.get(old.grant_id).removal_state == "removed"
+    assert world.ledger.get(current.grant_id) == current
+    assert world.removal_calls() == {REMOVE_PIM: 0, REMOVE_DIRECT: 0}
+    assert _ended(world.sim) == {}  # the later request's activation is untouched
+    assert len(world.rows("sweep.removal_superseded")) == 1
 
 
 def test_a_grant_not_yet_expired_is_left_alone(world: World) -> None:

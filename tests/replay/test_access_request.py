@@ -305,3 +305,25 @@ def test_a_resolution_buffered_while_the_approval_ran_stops_the_request_before_a
     assert output["reason"] == "the incident was resolved before activation"
     assert run.inputs(access_activities.ACTIVATE) == []
     assert [p["outcome"] for p in run.inputs(approval_activities.CLOSE_ROUND)] == ["approved", "approved"]
+
+
+def test_a_request_that_stops_after_granting_hands_the_grant_to_the_sweep() -> None:
+    def graph_down(payload: dict[str, Any]) -> Any:
+        raise RuntimeError("Graph answered 503 three times")
+
+    result = run(script(**{access_activities.RUN_PROBES: graph_down}))
+    assert result.output["state"] == "failed"
+    handed = [(p["grantId"], p["state"]) for p in result.inputs(access_activities.SET_GRANT_STATE)]
+    assert handed == [(f"{REQUEST_ID}:pim", "removal_failed")]  # the sweep removes it at its next run
+
+
+def test_once_access_is_granted_a_ticket_that_cannot_be_written_does_not_stop_the_removal() -> None:
+    def itsm_down_after_grant(payload: dict[str, Any]) -> dict[str, Any]:
+        if payload.get("state") in ("pending_validated", "in_progress", "revoked"):
+            raise RuntimeError("ServiceNow answered 503")
+        return {"call": "ok"}
+
+    result = run(script(**{activities.UPDATE_TICKET: itsm_down_after_grant}))
+    assert result.output["state"] == "revoked"
+    assert audit_kinds(result).count("ticket.failed") == 3
+    assert len(result.inputs(access_activities.REMOVE)) == 1
