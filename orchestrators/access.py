@@ -240,6 +240,9 @@ def hold_and_revoke(
     # Resolved before the hold (the proof stopped on it, or it came before proof began): revoke at once.
     stop = resolved_during_proof or resolved.is_completed
     reason = "the incident was resolved" if stop else "the approved duration ended"
+    if stop and not resolved_during_proof:  # the proof did not hear it (it wrote proof.stopped if it did)
+        yield from flow.record("hold.resolved", "recorded", {"event": resolved.result, "before": "hold"},
+                               role=request.role)  # fmt: skip
     reviewed = review_event(flow, review) if review is not None else None  # one wait, like ``resolved``
     direct: dict[str, str] | None = None
     while not stop:
@@ -506,10 +509,9 @@ def activate_to_revoke(
     else:
         proved = yield from prove(flow, plan, responder, submitted)
     flow.seq = int(proved["seq"])
-    if resolved.is_completed and proved["outcome"] != "resolved":
-        # The resolution reached the request just before its proof began (so the proof did not hear it):
-        # no hand-over or escalation for a resolved incident; remove the access now.
-        proved = {**proved, "outcome": "resolved"}
+    # A resolution that reached the request but not its proof (it came just before the proof began, or as
+    # it ended): no escalation for a resolved incident; the hold below removes the access at once.
+    resolved_meanwhile = resolved.is_completed and proved["outcome"] == "deadline"
     proven = proved["outcome"] == "effective"
     escalation = None
     if proven:
@@ -521,7 +523,7 @@ def activate_to_revoke(
             f"{', '.join(r['probe'] + ' passed' for r in proved['results'])})."
         )
         yield from hand_over(flow, responder, datetime.fromisoformat(proved["effectiveAt"]), facts)
-    elif proved["outcome"] == "deadline":
+    elif proved["outcome"] == "deadline" and not resolved_meanwhile:
         yield from escalate(flow, plan, responder, proved)
         escalation = yield from break_glass.open_escalation(
             flow, responder, resolved, last_round, submitted + request.duration
