@@ -3,9 +3,12 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov (the Bicep security scan in tests/infra) needs pins of its own that clash with the app's: its own venv,
+# under .local/ so that neither git nor the deployment package (.funcignore) picks it up.
+CHECKOV_VENV := .local/checkov-venv
 LINT_PATHS := function_app.py orchestrators activities shared local tests
 
-.PHONY: setup demo test lint run bench clean
+.PHONY: setup checkov-setup demo test lint run bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -13,6 +16,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "Python 3.11 is required (found: $(PYTHON)); set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+checkov-setup: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "Python 3.11 is required (found: $(PYTHON)); set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -25,8 +36,9 @@ lint: setup
 	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy function_app.py orchestrators activities shared local tests
 
-test: lint
-	$(PY) -m pytest
+# REQUIRE_CHECKOV: the checkov test fails, instead of skipping, if checkov is missing.
+test: lint checkov-setup
+	REQUIRE_CHECKOV=1 CHECKOV=$(CHECKOV_VENV)/bin/checkov $(PY) -m pytest
 
 demo: setup
 	$(PY) -m local.stack demo
