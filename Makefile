@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # checkov (the Bicep security scan in tests/infra) needs pins of its own that clash with the app's: its own venv,
 # under .local/ so that neither git nor the deployment package (.funcignore) picks it up.
 CHECKOV_VENV := .local/checkov-venv
-LINT_PATHS := function_app.py orchestrators activities shared local tests
+LINT_PATHS := function_app.py orchestrators activities shared local teams tests
 
 .PHONY: setup checkov-setup demo test lint run bench clean
 
@@ -34,7 +34,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
-	$(PY) -m mypy function_app.py orchestrators activities shared local tests
+	$(PY) -m mypy function_app.py orchestrators activities shared local teams tests
 
 # REQUIRE_CHECKOV: the checkov test fails, instead of skipping, if checkov is missing.
 test: lint checkov-setup
@@ -48,6 +48,14 @@ run: setup
 
 bench: setup
 	$(PY) -m local.bench
+
+# The Teams app package an admin uploads (docs/deploy.md, "Installing the Teams app"). Standard library only.
+# make teams-package BOT_APP_ID=<azd output BOT_APP_ID> APP_DOMAIN=<Function App host name, no https://>
+.PHONY: teams-package
+teams-package:
+	@test -n "$(BOT_APP_ID)" || { echo "BOT_APP_ID is not set: make teams-package BOT_APP_ID=\$$(azd env get-value BOT_APP_ID) APP_DOMAIN=<host>"; exit 1; }
+	@test -n "$(APP_DOMAIN)" || { echo "APP_DOMAIN is not set: the Function App host name (SERVICE_API_URI without https://)"; exit 1; }
+	$(PYTHON) -m teams.package --bot-app-id "$(BOT_APP_ID)" --domain "$(APP_DOMAIN)" --out dist/teams-app.zip
 
 clean:
 	rm -rf $(VENV) node_modules .local .pytest_cache .mypy_cache .ruff_cache
