@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # checkov (the Bicep security scan in tests/infra) needs pins of its own that clash with the app's: its own venv,
 # under .local/ so that neither git nor the deployment package (.funcignore) picks it up.
 CHECKOV_VENV := .local/checkov-venv
-LINT_PATHS := function_app.py orchestrators activities shared local teams tests
+LINT_PATHS := function_app.py orchestrators activities shared local teams tests infra
 
 .PHONY: setup checkov-setup demo test lint run bench clean
 
@@ -34,7 +34,7 @@ node_modules/.installed: package.json package-lock.json
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
-	$(PY) -m mypy function_app.py orchestrators activities shared local teams tests
+	$(PY) -m mypy function_app.py orchestrators activities shared local teams tests infra
 
 # REQUIRE_CHECKOV: the checkov test fails, instead of skipping, if checkov is missing.
 test: lint checkov-setup

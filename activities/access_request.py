@@ -13,6 +13,7 @@ from shared.audit import AuditEntry, GraphCall
 from shared.configuration import load_configuration
 from shared.itsm import TicketRef
 from shared.models import AccessRequest
+from shared.policy import UnknownRoleError
 from shared.services import audit_ledger, directory, roster, ticket_system
 from shared.validation import (
     check_duplicates,
@@ -52,8 +53,18 @@ def record_audit(payload: dict[str, Any]) -> dict[str, Any]:
             workflow_version=entry.get("workflow_version", ""),
         ),
         seq=int(payload["seq"]),
+        labels=_labels(payload.get("labels") or {}),
     )
     return {"seq": row.seq, "hash": row.hash}
+
+
+def _labels(labels: dict[str, Any]) -> dict[str, Any]:
+    """The request's ticket and system, and its role's tier from the policy, for telemetry."""
+    try:
+        tier = load_configuration().policy.role(str(labels.get("role", ""))).tier
+    except UnknownRoleError:
+        tier = None
+    return {"ticket": labels.get("ticket"), "system": labels.get("system"), "tier": tier}
 
 
 @bp.activity_trigger(input_name="chain", activity=AUDIT_NEXT_SEQ)

@@ -99,7 +99,7 @@ param sweepSchedule string = '0 */5 * * * *'
 
 // --- Hosting -----------------------------------------------------------------------------------------------
 
-@description('Durable Functions backend. AzureStorage: the task hub lives in the app\'s storage account (host.json as shipped). DurableTaskScheduler: a managed scheduler; host.json must name it too (docs/deploy.md).')
+@description('Durable Functions backend. AzureStorage: the task hub lives in the app\'s storage account (host.json as shipped). DurableTaskScheduler: a managed scheduler, which app settings select over host.json (docs/deploy.md).')
 @allowed([
   'AzureStorage'
   'DurableTaskScheduler'
@@ -139,6 +139,15 @@ param storageSkuName string = 'Standard_GRS'
 @minValue(30)
 @maxValue(730)
 param logRetentionInDays int = 90
+
+// --- Monitoring ----------------------------------------------------------------------------------------------
+
+@description('Comma-separated email addresses the alert rules notify (the IAM on-call mailbox); empty: add receivers to the action group yourself.')
+param alertEmails string = ''
+
+@description('Refused signatures and tokens in 15 minutes that raise the spike alert.')
+@minValue(1)
+param signatureRejectionThreshold int = 10
 
 @description('Azure Bot SKU.')
 @allowed([
@@ -191,6 +200,17 @@ module botIdentity 'modules/identity.bicep' = {
   scope: rg
   params: {
     name: '${abbrs.managedIdentityUserAssignedIdentities}pim-bot-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+// The alert rules' identity: Log Analytics Reader on the workspace, nothing else.
+module alertsIdentity 'modules/identity.bicep' = {
+  name: 'alerts-identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}pim-alerts-${resourceToken}'
     location: location
     tags: tags
   }
@@ -250,7 +270,9 @@ module rbac 'modules/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
     appIdentityPrincipalId: appIdentity.outputs.principalId
+    alertsIdentityPrincipalId: alertsIdentity.outputs.principalId
     durableTaskSchedulerName: useDurableTaskScheduler ? durableTaskScheduler.outputs.name : ''
     secretsOfficerPrincipalId: secretsOfficerPrincipalId
     secretsOfficerPrincipalType: secretsOfficerPrincipalType
@@ -316,6 +338,34 @@ module bot 'modules/bot.bicep' = {
   }
 }
 
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  // A rule's first evaluation runs under its identity: the role comes first.
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    namePrefix: resourceToken
+    location: location
+    tags: tags
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    alertsIdentityId: alertsIdentity.outputs.id
+    alertEmails: alertEmails
+    signatureRejectionThreshold: signatureRejectionThreshold
+  }
+}
+
 // azd writes these into .azure/<env>/.env; the admin script and the Teams app package read them.
 // Names, ids and endpoints only.
 output AZURE_LOCATION string = location
@@ -335,3 +385,5 @@ output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsN
 output LOG_ANALYTICS_WORKSPACE_NAME string = monitoring.outputs.logAnalyticsName
 output DURABLE_BACKEND string = durableBackend
 output DURABLE_TASK_SCHEDULER_ENDPOINT string = useDurableTaskScheduler ? durableTaskScheduler.outputs.endpoint : ''
+output WORKBOOK_NAME string = workbook.outputs.name
+output ALERTS_ACTION_GROUP_NAME string = alerts.outputs.actionGroupName

@@ -45,6 +45,7 @@ from local.scenarios import (
     unfinished_pim_requests,
 )
 from local.simulators.process import SimulatorProcess
+from shared import telemetry
 from shared.audit import AuditLedger, security_chain
 from shared.policy import Policy, load_policy
 from shared.settings import DEFAULT_POLICY_PATH
@@ -803,6 +804,32 @@ def verify_chains(run: DemoRun) -> bool:
     return ok
 
 
+def show_telemetry(run: DemoRun) -> bool:
+    """What the workbook and the alert rules read in Azure: the app's telemetry lines (one per audit row),
+    here from the devhost's log."""
+    print("\n== Telemetry (shared/telemetry.py: what the Azure Monitor workbook and alert rules read)")
+    events: dict[str, list[dict[str, Any]]] = {request_id: [] for request_id in run.request_ids}
+    for line in run.devhost.log_path.read_text(errors="replace").splitlines():
+        if '"pim.step ' in line:
+            event = telemetry.parse(json.loads(line)["msg"])
+            if event is not None and event["chain"] in events:
+                events[event["chain"]].append(event)
+    ok = True
+    for request_id, found in events.items():
+        rows = len(run.client.get(f"/api/requests/{request_id}").json().get("timeline", []))
+        ok &= sorted(e["seq"] for e in found) == list(range(rows))
+        at = {e["state"]: e["elapsedSeconds"] for e in found if e["step"] == "request.state"}
+        signals = sorted({e["signal"] for e in found if e.get("signal")})
+        tier = next((e.get("tier") for e in found if e.get("tier")), "?")
+        approved, effective = (f"+{at[s]:.1f}s" if s in at else "never" for s in ("approved", "effective"))
+        print(
+            f"   {request_id}: {len(found)} events for {rows} rows, tier {tier}; approved {approved}, "
+            f"effective {effective}; alert signals: {', '.join(signals) or 'none'}"
+        )
+    print(f"   {'one event per audit row' if ok else 'FAIL: events and audit rows differ'}")
+    return ok
+
+
 def nothing_left(run: DemoRun) -> bool:
     print("\n== Privileged assignments left (the Graph simulator's stores, every demo responder)")
     left = assignments_in_effect(run.sims, list(run.responders))
@@ -859,6 +886,7 @@ def run_demo(
                 print(f"   ({name[1]}) FAIL: {type(exc).__name__}: {exc}")
                 results[name] = False
         results["every audit chain verifies"] = verify_chains(run)
+        results["one telemetry event per audit row"] = show_telemetry(run)
         results["no privileged assignment left"] = nothing_left(run)
         show_graph_calls(run)
     print()

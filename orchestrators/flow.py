@@ -72,8 +72,10 @@ class RequestFlow:
             "graph": graph,
             "workflow_version": WORKFLOW_VERSION,
         }
+        # Labels go to telemetry only (shared.telemetry), not into the hashed row.
+        labels = {"ticket": self.request.ticket, "system": self.request.system, "role": self.request.role}
         yield self.context.call_activity_with_retry(
-            RECORD_AUDIT, RETRY, {"chain": self.request_id, "seq": self.seq, "entry": entry}
+            RECORD_AUDIT, RETRY, {"chain": self.request_id, "seq": self.seq, "entry": entry, "labels": labels}
         )
         # Only once written: when the write failed for good, the next record reuses the position.
         self.seq += 1

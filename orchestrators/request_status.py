@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared.audit import AuditRow, ChainVerification, current_state
+from shared.audit import AuditRow, ChainVerification, current_state, verify_and_report
 from shared.services import audit_ledger
 
 # Request ids are Durable instance ids we build (shared.intake.instance_id); anything else is refused
@@ -58,7 +59,9 @@ def approvals(rows: list[AuditRow]) -> list[dict[str, Any]]:
 async def _read(request_id: str) -> tuple[list[AuditRow], ChainVerification]:
     ledger = audit_ledger()
     rows = await asyncio.to_thread(ledger.read, request_id)
-    verification = await asyncio.to_thread(ledger.verify, request_id)
+    verification = await asyncio.to_thread(
+        verify_and_report, ledger, request_id, datetime.now(UTC), "request_status"
+    )
     return rows, verification
 
 

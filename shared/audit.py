@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -34,6 +35,8 @@ from shared.version import APP_VERSION
 # The kind of row that records a request's state change (detail: {"state": ...}); the request's state
 # is the one its latest such row names.
 STATE_KIND = "request.state"
+# A chain that did not verify, recorded on the security chain (shared.telemetry's alert signal).
+VERIFICATION_FAILED_KIND = "audit.verification_failed"
 ROWS_TABLE = "AuditRows"
 HEADS_TABLE = "AuditHeads"
 GENESIS_HASH = "0" * 64
@@ -98,6 +101,11 @@ class AuditRow:
         body["detail"] = json.loads(str(self.fields["Detail"]))
         body["hash"] = self.hash
         return body
+
+
+# Told of each row this ledger writes (not of one it finds written): the row, the chain's first time, and
+# labels that are not part of the row. shared.telemetry's observer turns it into a telemetry event.
+RowObserver = Callable[[AuditRow, datetime | None, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -169,23 +177,32 @@ class AuditLedger:
     """Appends to and verifies audit chains. Sync (azure-data-tables); async callers use a thread."""
 
     def __init__(self, service: TableServiceClient, policy_version: str, policy_file_hash: str,
-                 app_version: str = APP_VERSION) -> None:  # fmt: skip
+                 app_version: str = APP_VERSION, observer: RowObserver | None = None) -> None:  # fmt: skip
         self._rows: TableClient = ensure_table(service, ROWS_TABLE)
         self._heads: TableClient = ensure_table(service, HEADS_TABLE)
         self._policy_version = policy_version
         self._policy_file_hash = policy_file_hash
         self._app_version = app_version
+        self._observer = observer
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow:
+    def append(
+        self,
+        chain: str,
+        entry: AuditEntry,
+        seq: int | None = None,
+        labels: Mapping[str, Any] | None = None,
+    ) -> AuditRow:
         """Record ``entry`` as row ``seq`` of ``chain`` (``None``: the next free position).
 
         Idempotent for a given ``seq``: writing the same entry again returns the stored row; a
-        different entry at a taken position raises :class:`AuditError`.
+        different entry at a taken position raises :class:`AuditError`. A row written here (not one
+        found written) is also emitted as telemetry (shared.telemetry), with ``labels`` (ticket, system,
+        tier) that are not part of the row.
         """
         for _ in range(_MAX_RACE_ATTEMPTS):
-            count, last_hash, etag = self._head(chain)
+            count, last_hash, etag, started_at = self._head(chain)
             position = count if seq is None else seq
             if position < count:
                 return self._already_written(chain, position, entry)
@@ -201,6 +218,8 @@ class AuditLedger:
                 self._advance_head(chain, self._read_row(chain, position), etag)
                 continue
             self._advance_head(chain, row, etag)
+            if self._observer is not None:
+                self._observer(row, started_at if position else entry.time, labels or {})
             return row
         raise AuditError(f"{chain}: could not append after {_MAX_RACE_ATTEMPTS} concurrent attempts")
 
@@ -217,21 +236,26 @@ class AuditLedger:
 
     def _advance_head(self, chain: str, row: AuditRow, etag: str | None) -> None:
         head = {"PartitionKey": chain, "RowKey": _HEAD_KEY, "Count": row.seq + 1, "LastHash": row.hash}
+        if row.seq == 0:
+            # The chain's first time, kept for telemetry's durations (not hashed: the rows hold the record).
+            head["StartedAt"] = row.time
         try:
             if etag is None:
                 self._heads.create_entity(head)
             else:
-                self._heads.update_entity(head, mode=UpdateMode.REPLACE, etag=etag,
+                self._heads.update_entity(head, mode=UpdateMode.MERGE, etag=etag,
                                           match_condition=MatchConditions.IfNotModified)  # fmt: skip
         except (ResourceExistsError, ResourceModifiedError):
             pass  # someone else advanced it first: the caller re-reads the head
 
-    def _head(self, chain: str) -> tuple[int, str, str | None]:
+    def _head(self, chain: str) -> tuple[int, str, str | None, datetime | None]:
+        """The row count, the last hash, the head's ETag (None: no head yet) and the chain's first time."""
         try:
             head = self._heads.get_entity(chain, _HEAD_KEY)
         except ResourceNotFoundError:
-            return 0, GENESIS_HASH, None
-        return int(head["Count"]), str(head["LastHash"]), str(head.metadata["etag"])
+            return 0, GENESIS_HASH, None, None
+        started = datetime.fromisoformat(str(head["StartedAt"])) if head.get("StartedAt") else None
+        return int(head["Count"]), str(head["LastHash"]), str(head.metadata["etag"]), started
 
     def _fields(self, chain: str, seq: int, entry: AuditEntry, prev_hash: str) -> dict[str, Any]:
         detail = canonical_json(dict(entry.detail))
@@ -277,7 +301,7 @@ class AuditLedger:
 
     def verify(self, chain: str) -> ChainVerification:
         rows = self.read(chain)
-        count, last_hash, etag = self._head(chain)
+        count, last_hash, etag, _ = self._head(chain)
         head_count = None if etag is None else count
 
         def broken(seq: int, reason: str) -> ChainVerification:
@@ -309,6 +333,46 @@ class AuditLedger:
         if rows and last_hash != prev_hash:
             return broken(len(rows) - 1, f"row {len(rows) - 1} differs from the last hash the head records")
         return ChainVerification(chain, True, len(rows), head_count)
+
+
+class VerifiableLedger(Protocol):
+    def verify(self, chain: str) -> ChainVerification: ...
+
+    def append(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
+
+
+# A chain being written while it is read can look broken for a moment (rows read, then a head that has
+# moved on): it is read again before anything is reported.
+_VERIFY_ATTEMPTS = 3
+_VERIFY_PAUSE_S = 0.5
+
+
+def verify_and_report(
+    ledger: VerifiableLedger, chain: str, now: datetime, by: str, expect_rows: bool = False
+) -> ChainVerification:
+    """Verify ``chain``; a chain that does not verify is recorded on the day's security chain (which raises
+    the ``chain_verification_failed`` alert), with who found it (``by``: the status endpoint, the sweep).
+    ``expect_rows``: the chain must exist (a request that granted access has a record; deleting a whole
+    chain, head included, would otherwise verify as an empty one)."""
+
+    def verify() -> ChainVerification:
+        found = ledger.verify(chain)
+        if found.ok and found.count == 0 and expect_rows:
+            return ChainVerification(chain, False, 0, found.head_count, 0, "the chain has no rows")
+        return found
+
+    verification = verify()
+    for _ in range(_VERIFY_ATTEMPTS - 1):
+        if verification.ok:
+            return verification
+        time.sleep(_VERIFY_PAUSE_S)
+        verification = verify()
+    if not verification.ok:
+        detail = {**verification.to_json(), "by": by}
+        entry = AuditEntry(kind=VERIFICATION_FAILED_KIND, outcome="failed", time=now, actor_id="system",
+                           detail=detail, workflow_version="audit/1")  # fmt: skip
+        ledger.append(security_chain(now), entry)
+    return verification
 
 
 def current_state(rows: list[AuditRow]) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from azure.core import MatchConditions
@@ -97,6 +97,16 @@ class GrantLedger:
         """Every grant whose removal is not confirmed (what the sweep reconciles)."""
         query = "PartitionKey eq @p and RemovalState ne 'removed'"
         return [_grant(e) for e in self._table.query_entities(query, parameters={"p": _PARTITION})]
+
+    def removed_since(self, since: datetime) -> list[Grant]:
+        """Grants confirmed removed at or after ``since`` (the sweep verifies their requests' chains)."""
+        # UpdatedAt is an ISO text in UTC, so the service compares it as text; a second's slack covers
+        # isoformat() leaving out zero microseconds, and the exact bound is applied here.
+        bound = (since - timedelta(seconds=1)).astimezone(UTC).isoformat()
+        query = "PartitionKey eq @p and RemovalState eq 'removed' and UpdatedAt ge @bound"
+        entities = self._table.query_entities(query, parameters={"p": _PARTITION, "bound": bound})
+        grants = (_grant(entity) for entity in entities)
+        return [grant for grant in grants if grant.updated_at is not None and grant.updated_at >= since]
 
     def set_removal_state(self, grant_id: str, state: RemovalState, at: datetime, detail: str = "") -> Grant:
         """Move a grant to ``state`` if nobody changed it since it was read (ETag)."""

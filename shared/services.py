@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from azure.data.tables import TableServiceClient
 from azure.identity import ManagedIdentityCredential
 
+from shared import telemetry
 from shared.approvals import ApprovalBook
 from shared.audit import AuditEntry, AuditLedger, security_chain
 from shared.bot_auth import BotTokenValidator
@@ -37,7 +38,12 @@ def tables() -> TableServiceClient:
 @functools.cache
 def audit_ledger() -> AuditLedger:
     policy = load_configuration().policy
-    return AuditLedger(tables(), policy_version=policy.version_hash, policy_file_hash=policy.file_hash)
+    return AuditLedger(
+        tables(),
+        policy_version=policy.version_hash,
+        policy_file_hash=policy.file_hash,
+        observer=telemetry.observe,
+    )
 
 
 @functools.cache

@@ -43,7 +43,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.audit import AuditEntry, AuditRow, GraphCall
+from shared.audit import AuditEntry, AuditRow, ChainVerification, GraphCall, verify_and_report
 from shared.directory import DirectoryError, Traced
 from shared.grants import Grant, GrantConflictError, RemovalState
 from shared.pim import PimAnswer, RoleHolder
@@ -76,11 +76,17 @@ LEASE_DURATION = timedelta(minutes=2)
 # A request records its grant just after PIM accepted the activation: an assignment seen in that moment is
 # not drift yet. Unknown holders are looked up in the ledger again after this pause before being reported.
 DRIFT_RECHECK_DELAY = timedelta(seconds=15)
+# The chains verified by a run: of the requests whose grants were confirmed removed since the previous run
+# started, less this overlap (a grant's removal time comes from its writer's clock, an orchestration's replay
+# time included, which can lag); a first run looks back a day.
+VERIFY_OVERLAP = timedelta(minutes=5)
+FIRST_RUN_VERIFY_LOOKBACK = timedelta(days=1)
 # Read-back after a removal: the stores drop an assignment at their own pace (seconds before each look).
 READ_BACK_WAITS: tuple[float, ...] = (0.0, 2.0, 5.0)
 
 _LEASE_PARTITION = "lease"
 _DRIFT_PARTITION = "drift"
+_CHAINS_PARTITION = "chain"
 _GRANT_PARTITION = "grant"
 _REMOVED: frozenset[str] = frozenset({"done", "absent"})
 
@@ -108,6 +114,8 @@ class GrantBook(Protocol):
         self, grant_id: str, state: RemovalState, at: datetime, detail: str = ""
     ) -> Grant: ...
 
+    def removed_since(self, since: datetime) -> list[Grant]: ...
+
 
 class RoleStore(Protocol):
     """Graph's role stores and the two removal paths (shared.pim.Pim)."""
@@ -134,6 +142,8 @@ class AuditTrail(Protocol):
 
     def append(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
 
+    def verify(self, chain: str) -> ChainVerification: ...
+
 
 # --- values -------------------------------------------------------------------------------------------
 
@@ -155,6 +165,7 @@ class SweepStatus:
     last_outcome: str
     last_run_id: str
     last_summary: Mapping[str, Any]
+    last_run_started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,8 @@ class SweepSummary:
     deferred: tuple[str, ...] = ()  # PIM's minimum active time: the next run removes them
     skipped: tuple[str, ...] = ()  # changed by someone else while this run worked on them: left alone
     drift_reported: tuple[DriftReport, ...] = ()
+    chains_verified: tuple[str, ...] = ()  # chains of requests whose access ended since the previous run
+    chains_broken: tuple[str, ...] = ()  # of those, the ones that did not verify (on the security chain)
     errors: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -209,6 +222,8 @@ class SweepSummary:
             "deferred": list(self.deferred),
             "skipped": list(self.skipped),
             "driftReported": [report.to_json() for report in self.drift_reported],
+            "chainsVerified": list(self.chains_verified),
+            "chainsBroken": list(self.chains_broken),
             "errors": list(self.errors),
         }
 
@@ -219,6 +234,8 @@ class SweepSummary:
             "deferred": len(self.deferred),
             "skipped": len(self.skipped),
             "driftReported": len(self.drift_reported),
+            "chainsVerified": len(self.chains_verified),
+            "chainsBroken": len(self.chains_broken),
             "errors": len(self.errors),
         }
 
@@ -230,6 +247,8 @@ class _Tally:
     deferred: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     drift_reported: list[DriftReport] = field(default_factory=list)
+    chains_verified: list[str] = field(default_factory=list)
+    chains_broken: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -251,6 +270,8 @@ class SweepState:
     - Drift: partition ``drift``, RowKey = :attr:`DriftReport.key`. Created (create-only) by the run that
       reports it, so overlapping runs report once; ``Status`` goes ``claimed`` -> ``reported``, and the row
       stays (that is what "reported once" remembers). Claims that time out are taken over, as for grants.
+    - Audit chains: partition ``chain``, RowKey = the request id, once a run has verified the chain of a
+      request whose access ended (so overlapping look-back windows verify and report it once).
     """
 
     def __init__(self, service: TableServiceClient, lease_name: str = "sweep") -> None:
@@ -359,6 +380,7 @@ class SweepState:
             return None
         return SweepStatus(
             last_run_at=_time(entity.get("LastRunAt")),
+            last_run_started_at=_time(entity.get("LastRunStartedAt")),
             last_outcome=str(entity.get("LastOutcome") or ""),
             last_run_id=str(entity.get("LastRunId") or ""),
             last_summary=json.loads(str(entity.get("LastSummary") or "{}")),
@@ -438,6 +460,21 @@ class SweepState:
             },
             mode=UpdateMode.MERGE,
         )
+
+    # -- audit chains
+
+    def chain_checked(self, chain: str) -> bool:
+        """Whether a run verified ``chain`` already (each ended request's chain is verified once)."""
+        try:
+            self._table.get_entity(_CHAINS_PARTITION, chain)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def chain_verified(self, chain: str, ok: bool, now: datetime, run_id: str) -> None:
+        row = {"PartitionKey": _CHAINS_PARTITION, "RowKey": chain, "Ok": ok, "VerifiedAt": _iso(now),
+               "RunId": run_id}  # fmt: skip
+        self._table.upsert_entity(row)
 
     def drift_status(self, report: DriftReport) -> str | None:
         try:
@@ -553,6 +590,7 @@ class _Run:
         try:
             known = await self._remove_expired()
             await self._report_drift(known)
+            await self._verify_ended()
         except LeaseLostError as exc:
             outcome = "lease_lost"
             self.tally.errors.append(str(exc))
@@ -593,6 +631,8 @@ class _Run:
             deferred=tuple(t.deferred),
             skipped=tuple(t.skipped),
             drift_reported=tuple(t.drift_reported),
+            chains_verified=tuple(t.chains_verified),
+            chains_broken=tuple(t.chains_broken),
             errors=tuple(t.errors),
         )
 
@@ -812,6 +852,34 @@ class _Run:
             actor_upn=grant.responder_upn,
             role=grant.role_name,
         )
+
+    # -- 3. audit chains
+
+    async def _verify_ended(self) -> None:
+        """Verify the audit chain of every request whose access ended since the previous run started (once
+        its record is complete), so that a changed record raises an alert without anyone reading it."""
+        s = self.s
+        status = await asyncio.to_thread(s.state.status)
+        previous = status.last_run_started_at if status else None
+        since = previous - VERIFY_OVERLAP if previous else self.started_at - FIRST_RUN_VERIFY_LOOKBACK
+        ended = await asyncio.to_thread(s.ledger.removed_since, since)
+        for request_id in sorted({grant.request_id for grant in ended}):
+            await self._keep_lease()
+            try:
+                if await asyncio.to_thread(s.state.chain_checked, request_id):
+                    continue
+                found = await asyncio.to_thread(
+                    verify_and_report, s.audit, request_id, s.clock(), "sweep", expect_rows=True
+                )
+                await asyncio.to_thread(s.state.chain_verified, request_id, found.ok, s.clock(), self.run_id)
+            except Exception as exc:  # the next run tries again: the chain is not marked verified
+                log.exception("sweep run %s: verifying %s", self.run_id, request_id)
+                self.tally.errors.append(f"verifying {request_id}: {type(exc).__name__}: {exc}")
+                continue
+            self.tally.chains_verified.append(request_id)
+            if not found.ok:
+                self.tally.chains_broken.append(request_id)
+                self.tally.errors.append(f"audit chain {request_id} does not verify: {found.reason}")
 
     # -- 2. drift
 

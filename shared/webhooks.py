@@ -76,7 +76,7 @@ _SECRET_VARIABLES: Mapping[str, str] = {
     "ivanti": IVANTI_WEBHOOK_SECRET,
 }
 _SENDERS: Mapping[str, str] = {
-    "servicenow": "the ServiceNow outbound script (docs/intake.md)",
+    "servicenow": "the ServiceNow business rule (itsm/servicenow/, docs/deploy.md)",
     "ivanti": "the Ivanti sender",
     "jira": "the Jira webhook (its 'Secret' field)",
 }
@@ -113,7 +113,7 @@ def scheme_for(system: str) -> Scheme:
     raise UnsupportedSystemError(f"no webhook signature scheme for {system!r} (supported: {known})")
 
 
-# --- signing (the simulators, tests and docs/intake.md's outbound script do the same) -------------------
+# --- signing (the simulators, tests and itsm/servicenow/ do the same) -------------------
 
 
 def timestamped_signature(secret: str, timestamp: int | str, body: bytes) -> str:

@@ -251,11 +251,16 @@ var appSettings = {
   SWEEP_SCHEDULE: sweepSchedule
 }
 
-// host.json must name these for the Durable Task Scheduler backend (docs/deploy.md). The "connection string"
-// holds an endpoint and the identity's client id, no key.
+// The Durable Task Scheduler backend. host.json ships with the Azure Storage provider (what the local runtime
+// emulates); the host reads `AzureFunctionsJobHost__<path>` app settings as overrides of host.json, so the
+// same package runs on either backend and this choice stays a deployment parameter (docs/deploy.md). The
+// "connection string" holds an endpoint and the identity's client id, no key.
 var durableTaskSchedulerSettings = useDurableTaskScheduler ? {
   DURABLE_TASK_SCHEDULER_CONNECTION_STRING: 'Endpoint=${durableTaskSchedulerEndpoint};Authentication=ManagedIdentity;ClientID=${appIdentityClientId}'
   TASKHUB_NAME: taskHubName
+  AzureFunctionsJobHost__extensions__durableTask__hubName: '%TASKHUB_NAME%'
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__type: 'azureManaged'
+  AzureFunctionsJobHost__extensions__durableTask__storageProvider__connectionStringName: 'DURABLE_TASK_SCHEDULER_CONNECTION_STRING'
 } : {}
 
 // Per ITSM / roster provider, only what the policy uses: a reference to a secret nobody wrote would reach the

@@ -15,8 +15,14 @@ param keyVaultName string
 @description('Application Insights component the app sends telemetry to.')
 param applicationInsightsName string
 
+@description('Log Analytics workspace the alert rules query.')
+param logAnalyticsName string
+
 @description('Principal (object) id of the app\'s user-assigned managed identity.')
 param appIdentityPrincipalId string
+
+@description('Principal (object) id of the alert rules\' user-assigned managed identity.')
+param alertsIdentityPrincipalId string
 
 @description('Durable Task Scheduler name when that backend is chosen; empty for the Azure Storage backend.')
 param durableTaskSchedulerName string = ''
@@ -40,6 +46,7 @@ var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 var durableTaskDataContributor = '0ad04412-c4d5-4796-b79c-f76d14c8d402'
+var logAnalyticsReader = '73c42c96-874c-492b-b04d-ab87d138a893'
 
 var useDurableTaskScheduler = !empty(durableTaskSchedulerName)
 var hasSecretsOfficer = !empty(secretsOfficerPrincipalId)
@@ -54,6 +61,10 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
+}
+
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: logAnalyticsName
 }
 
 resource scheduler 'Microsoft.DurableTask/schedulers@2025-11-01' existing = if (useDurableTaskScheduler) {
@@ -143,5 +154,17 @@ resource operatorKeyVaultSecretsOfficer 'Microsoft.Authorization/roleAssignments
     principalId: secretsOfficerPrincipalId
     principalType: secretsOfficerPrincipalType
     description: 'Write the ITSM webhook secrets and API credentials of the emergency-access app'
+  }
+}
+
+// The alert rules (alerts.bicep) read the app's telemetry in the workspace, and nothing else.
+resource alertsLogAnalyticsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(logAnalytics.id, alertsIdentityPrincipalId, logAnalyticsReader)
+  scope: logAnalytics
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', logAnalyticsReader)
+    principalId: alertsIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+    description: 'Alert rules: log search over the app\'s telemetry'
   }
 }

@@ -1,7 +1,9 @@
 """Microsoft Graph v1.0, the part the app uses: users, groups and membership, PIM schedule instances and
 schedule requests (``adminAssign``, ``adminRemove``, ``adminExtend``), the unified RBAC role assignments
 (read, and the direct assignments of the break-glass path), directory roles and their members, and
-``revokeSignInSessions``.
+``revokeSignInSessions``. For the admin script (``infra/scripts/grant_permissions.py``): service principals
+(Microsoft Graph, Office 365 Exchange Online and the app's own identity, seeded with their ``appRoles``), the
+application permissions granted to them (``appRoleAssignments``) and ``GET /directoryObjects/{id}``.
 
 An assignment becomes visible in each store (PIM instances, unified RBAC, directory role members, the Exchange
 role group served by ``exchange.py``) after that store's own delay, and a request goes through the statuses
@@ -259,6 +261,118 @@ SUPPORTED_QUERY_OPTIONS = {"$filter", "$select", "$top", "$skiptoken", "$count"}
 # The application id of Microsoft Graph, as real 401s name it in WWW-Authenticate.
 _GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 
+# -- service principals and their app role assignments (infra/scripts/grant_permissions.py) -----------------
+
+SERVICE_PRINCIPAL_PROPS = (
+    "id",
+    "deletedDateTime",
+    "accountEnabled",
+    "appDisplayName",
+    "appId",
+    "appOwnerOrganizationId",
+    "appRoleAssignmentRequired",
+    "appRoles",
+    "displayName",
+    "servicePrincipalNames",
+    "servicePrincipalType",
+    "tags",
+)
+SERVICE_PRINCIPAL_FILTERABLE = ("id", "appId", "displayName", "servicePrincipalType")
+APP_ROLE_ASSIGNMENT_PROPS = (
+    "id",
+    "deletedDateTime",
+    "appRoleId",
+    "createdDateTime",
+    "principalDisplayName",
+    "principalId",
+    "principalType",
+    "resourceDisplayName",
+    "resourceId",
+)
+APP_ROLE_ASSIGNMENT_FILTERABLE = ("appRoleId", "resourceId", "principalId")
+APP_ROLE_ASSIGNMENT_WRITABLE = ("@odata.type", "principalId", "resourceId", "appRoleId")
+EXCHANGE_ONLINE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
+# Object ids of service principals are the tenant's own (appIds are the same everywhere); fixed here.
+GRAPH_SERVICE_PRINCIPAL_ID = "2c7b3a19-5d4e-4f61-9a8b-3e2f1d0c4b75"
+EXCHANGE_SERVICE_PRINCIPAL_ID = "8e5d4c3b-2a19-4f07-b6e5-d4c3b2a19f08"
+# The app's own identity: a user-assigned managed identity whose appId is the simulated caller's.
+APP_IDENTITY_PRINCIPAL_ID = "0c9f4e3a-7b21-4d5e-a8c6-2f1d9b7e4a53"
+_MICROSOFT_TENANT = "f8cdef31-a31e-4b4a-93e4-5f571e91255a"  # appOwnerOrganizationId of Microsoft's apps
+
+# A realistic subset of each resource's application permissions (real ids and values): the ones the app needs
+# and a few it does not, so that a grant of the wrong one is visible.
+_GRAPH_APP_ROLES = (
+    ("df021288-bdef-4463-88db-98f22de89214", "User.Read.All", "Read all users' full profiles"),
+    ("741f803b-c850-494e-b5df-cde7c675a1ca", "User.ReadWrite.All", "Read and write all users' full profiles"),
+    ("77f3a031-c388-4f99-b373-dc68676a979e", "User.RevokeSessions.All",
+     "Revoke all sign in sessions for a user"),
+    ("98830695-27a2-44f7-8c18-0c3ebc9698f6", "GroupMember.Read.All", "Read all group memberships"),
+    ("5b567255-7703-4780-807c-7be8301ae99b", "Group.Read.All", "Read all groups"),
+    ("7ab1d382-f21e-4acd-a863-ba3e13f7da61", "Directory.Read.All", "Read directory data"),
+    ("483bed4a-2ad3-4361-a73b-c83ccdbdc53c", "RoleManagement.Read.Directory",
+     "Read all directory RBAC settings"),
+    ("9e3f62cf-ca93-4989-b6ce-bf83c28f9fe8", "RoleManagement.ReadWrite.Directory",
+     "Read and write all directory RBAC settings"),
+    ("dd199f4a-f148-40a4-a2ec-f0069cc799ec", "RoleAssignmentSchedule.ReadWrite.Directory",
+     "Read, update, and delete all policies for privileged role assignments of your company's directory"),
+    ("9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30", "Application.Read.All", "Read all applications"),
+    ("06b708a9-e830-4db3-a914-8e69da51d44f", "AppRoleAssignment.ReadWrite.All",
+     "Manage app permission grants and app role assignments"),
+)  # fmt: skip
+_EXCHANGE_APP_ROLES = (
+    ("dc50a0fb-09a3-484d-be87-e023b12c6440", "Exchange.ManageAsApp", "Manage Exchange As Application"),
+    ("dc890d15-9560-4a4c-9b7f-a736ec74ec40", "full_access_as_app",
+     "Use Exchange Web Services with full access to all mailboxes"),
+)  # fmt: skip
+
+
+def _app_roles(roles: Iterable[tuple[str, str, str]]) -> list[JSON]:
+    return [
+        {
+            "allowedMemberTypes": ["Application"],
+            "description": f"Allows the app to {name[0].lower()}{name[1:]}, without a signed-in user.",
+            "displayName": name,
+            "id": role_id,
+            "isEnabled": True,
+            "origin": "Application",
+            "value": value,
+        }
+        for role_id, value, name in roles
+    ]
+
+
+def _service_principal(
+    object_id: str, app_id: str, name: str, kind: str, roles: list[JSON], owner: str | None
+) -> JSON:
+    return {
+        "id": object_id,
+        "deletedDateTime": None,
+        "accountEnabled": True,
+        "appDisplayName": name,
+        "appId": app_id,
+        "appOwnerOrganizationId": owner,
+        "appRoleAssignmentRequired": False,
+        "appRoles": roles,
+        "displayName": name,
+        "servicePrincipalNames": [app_id],
+        "servicePrincipalType": kind,
+        "tags": [],
+    }
+
+
+def default_service_principals() -> dict[str, JSON]:
+    """Microsoft Graph and Office 365 Exchange Online (in every tenant) and the app's own identity."""
+    principals = (
+        _service_principal(GRAPH_SERVICE_PRINCIPAL_ID, _GRAPH_APP_ID, "Microsoft Graph", "Application",
+                           _app_roles(_GRAPH_APP_ROLES), _MICROSOFT_TENANT),
+        _service_principal(EXCHANGE_SERVICE_PRINCIPAL_ID, EXCHANGE_ONLINE_APP_ID,
+                           "Office 365 Exchange Online", "Application", _app_roles(_EXCHANGE_APP_ROLES),
+                           _MICROSOFT_TENANT),
+        _service_principal(APP_IDENTITY_PRINCIPAL_ID, SIMULATED_CALLER["id"], "id-pim-app-sim",
+                           "ManagedIdentity", [], None),
+    )  # fmt: skip
+    return {sp["id"]: sp for sp in principals}
+
 
 class GraphJSON(JSONResponse):
     media_type = ODATA_JSON
@@ -424,6 +538,10 @@ class GraphService(Service):
         }
         # Assignment ids ever handed out: a removed assignment's id is not reused for a new one.
         self._issued_ids: set[str] = set()
+        # Service principals (Microsoft Graph, Exchange Online, the app's identity) and the application
+        # permissions granted to them (appRoleAssignments).
+        self.service_principals: dict[str, JSON] = default_service_principals()
+        self.app_role_assignments: list[JSON] = []
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -448,6 +566,11 @@ class GraphService(Service):
             "pimBehaviour": self.behaviours.as_json(),
             "sessionRevocations": self.revocations_view(),
             "roleGroups": self.role_groups_view(now),
+            "servicePrincipals": [
+                {k: sp[k] for k in ("id", "appId", "displayName", "servicePrincipalType")}
+                for sp in self.service_principals.values()
+            ],
+            "appRoleAssignments": list(self.app_role_assignments),
         }
 
     def stores_view(self, now: datetime | None = None) -> JSON:
@@ -597,6 +720,19 @@ class GraphService(Service):
             ),
             Route("/directoryRoles/{role_id}", self.get_directory_role, methods=["GET"]),
             Route("/directoryRoles/{role_id}/members", self.directory_role_members, methods=["GET"]),
+            Route("/directoryObjects/{object_id}", self.get_directory_object, methods=["GET"]),
+            Route("/servicePrincipals", self.list_service_principals, methods=["GET"]),
+            Route("/servicePrincipals/{sp_id}", self.get_service_principal, methods=["GET"]),
+            Route(
+                "/servicePrincipals/{sp_id}/appRoleAssignments",
+                self.list_app_role_assignments,
+                methods=["GET"],
+            ),
+            Route(
+                "/servicePrincipals/{sp_id}/appRoleAssignments",
+                self.create_app_role_assignment,
+                methods=["POST"],
+            ),
         ]
 
     # ---------------------------------------------------------------- users and groups
@@ -681,6 +817,8 @@ class GraphService(Service):
                 objects.append({"@odata.type": "#microsoft.graph.user", **self.users[object_id]})
             elif object_id in self.groups:
                 objects.append({"@odata.type": "#microsoft.graph.group", **self.groups[object_id]})
+            elif object_id in self.service_principals:
+                objects.append(_typed_service_principal(self.service_principals[object_id]))
             elif unknown_as_user:
                 # A role seeded for a principal id the simulator has no user for: listed by id only.
                 objects.append(
@@ -914,6 +1052,7 @@ class GraphService(Service):
         known = (
             principal in self.users
             or principal in self.groups
+            or principal in self.service_principals
             or any(g.principal_id == principal for g in self.grants)
             or any(e["principalId"] == principal for e in self.eligibility)
         )
@@ -1100,6 +1239,126 @@ class GraphService(Service):
             if g.role_id == role["roleTemplateId"] and g.visible("directoryRole", now)
         ]
         return self._directory_objects(request, list(dict.fromkeys(principals)), unknown_as_user=True)
+
+    # ---------------------------------------------------------------- service principals and app permissions
+
+    async def get_directory_object(self, request: Request) -> Response:
+        """``GET /directoryObjects/{id}``: a user, group or service principal, typed by ``@odata.type``."""
+        object_id = request.path_params["object_id"].lower()
+        _check_query_options(request)
+        if object_id in self.users:
+            body = {
+                "@odata.type": "#microsoft.graph.user",
+                **_project(self.users[object_id], USER_DEFAULT_PROPS),
+            }
+        elif object_id in self.groups:
+            body = {"@odata.type": "#microsoft.graph.group", **self.groups[object_id]}
+        elif object_id in self.service_principals:
+            body = _typed_service_principal(self.service_principals[object_id])
+        else:
+            raise _not_found(object_id)
+        return GraphJSON(
+            {"@odata.context": f"{self._base(request)}/$metadata#directoryObjects/$entity", **body}
+        )
+
+    async def list_service_principals(self, request: Request) -> Response:
+        return self._collection(
+            request,
+            list(self.service_principals.values()),
+            "servicePrincipals",
+            resource="ServicePrincipal",
+            filterable=SERVICE_PRINCIPAL_FILTERABLE,
+            unsupported_code="Request_UnsupportedQuery",
+            default_props=SERVICE_PRINCIPAL_PROPS,
+            all_props=SERVICE_PRINCIPAL_PROPS,
+            odata_type="microsoft.graph.servicePrincipal",
+        )
+
+    def _service_principal(self, key: str) -> JSON:
+        principal = self.service_principals.get(key.lower())
+        if principal is None:
+            raise _not_found(key)
+        return principal
+
+    async def get_service_principal(self, request: Request) -> Response:
+        principal = self._service_principal(request.path_params["sp_id"])
+        props = self._select(
+            request, SERVICE_PRINCIPAL_PROPS, SERVICE_PRINCIPAL_PROPS, "microsoft.graph.servicePrincipal"
+        )
+        context = f"{self._base(request)}/$metadata#servicePrincipals/$entity"
+        return GraphJSON({"@odata.context": context, **_project(principal, props)})
+
+    async def list_app_role_assignments(self, request: Request) -> Response:
+        """The application permissions a service principal holds (it is their principal)."""
+        principal = self._service_principal(request.path_params["sp_id"])
+        return self._collection(
+            request,
+            [a for a in self.app_role_assignments if a["principalId"] == principal["id"]],
+            f"servicePrincipals('{principal['id']}')/appRoleAssignments",
+            resource="appRoleAssignment",
+            filterable=APP_ROLE_ASSIGNMENT_FILTERABLE,
+            unsupported_code="Request_UnsupportedQuery",
+            default_props=APP_ROLE_ASSIGNMENT_PROPS,
+            all_props=APP_ROLE_ASSIGNMENT_PROPS,
+            odata_type="microsoft.graph.appRoleAssignment",
+        )
+
+    async def create_app_role_assignment(self, request: Request) -> Response:
+        """Grant an application permission: ``{principalId, resourceId, appRoleId}``, the principal being the
+        service principal in the path. Checked in order: body, principal, resource, app role, duplicate."""
+        principal = self._service_principal(request.path_params["sp_id"])
+        body = await read_json_body(request)
+        if not isinstance(body, dict):
+            raise ServiceError(400, "The request body must be a JSON object.", code="BadRequest")
+        _known_properties(body, APP_ROLE_ASSIGNMENT_WRITABLE, "microsoft.graph.appRoleAssignment")
+        principal_id = _body_guid(body, "principalId")
+        resource_id = _body_guid(body, "resourceId")
+        app_role_id = _body_guid(body, "appRoleId")
+        if principal_id != principal["id"]:
+            raise ServiceError(
+                400,
+                f"The principalId {principal_id} must be the service principal in the path "
+                f"({principal['id']}).",
+                code="Request_BadRequest",
+            )
+        resource = self._service_principal(resource_id)
+        roles = {
+            str(role["id"]).lower()
+            for role in resource["appRoles"]
+            if role["isEnabled"] and "Application" in role["allowedMemberTypes"]
+        }
+        if app_role_id not in roles:
+            raise ServiceError(
+                400,
+                f"Permission being assigned was not found on application '{resource['appId']}'.",
+                code="Request_BadRequest",
+            )
+        if any(
+            a["principalId"] == principal_id
+            and a["resourceId"] == resource_id
+            and a["appRoleId"] == app_role_id
+            for a in self.app_role_assignments
+        ):
+            raise ServiceError(
+                400, "Permission being assigned already exists on the object.", code="Request_BadRequest"
+            )
+        assignment: JSON = {
+            # Graph's ids here are base64url, 43 characters, starting with the principal's id bytes.
+            "id": b64url(uuid.UUID(principal_id).bytes_le + uuid.uuid4().bytes),
+            "deletedDateTime": None,
+            "appRoleId": app_role_id,
+            "createdDateTime": iso_z(utc_now()),
+            "principalDisplayName": principal["displayName"],
+            "principalId": principal_id,
+            "principalType": "ServicePrincipal",
+            "resourceDisplayName": resource["displayName"],
+            "resourceId": resource_id,
+        }
+        self.app_role_assignments.append(assignment)
+        context = (
+            f"{self._base(request)}/$metadata#servicePrincipals('{principal_id}')/appRoleAssignments/$entity"
+        )
+        return GraphJSON({"@odata.context": context, **assignment}, status_code=201)
 
     # ---------------------------------------------------------------- Exchange role groups (exchange.py)
 
@@ -1588,6 +1847,10 @@ def _project(obj: Mapping[str, Any], props: tuple[str, ...]) -> JSON:
     projected: JSON = {k: obj[k] for k in obj if k.startswith("@odata.")}
     projected.update({p: obj.get(p) for p in props if p in obj})
     return projected
+
+
+def _typed_service_principal(principal: JSON) -> JSON:
+    return {"@odata.type": "#microsoft.graph.servicePrincipal", **principal}
 
 
 def _own_props(obj: Mapping[str, Any]) -> JSON:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from local.azurite import Azurite
 from local.devhost.config import HUB_OVERRIDE
 from local.stack import DevhostProcess, write_settings
+from shared import telemetry
 
 
 def app_host_in(work: Path, azurite: Azurite, **values: str) -> DevhostProcess:
@@ -69,3 +71,15 @@ def wait_for_state(
             return body
         time.sleep(0.2)
     raise AssertionError(f"request {request_id} did not reach {states}: {body}\n{host.log_tail()}")
+
+
+def telemetry_events(host: DevhostProcess, chain: str) -> list[dict[str, Any]]:
+    """The ``pim.step`` telemetry events of ``chain`` in the host's log (one JSON log record per line)."""
+    events = []
+    for line in host.log_path.read_text(errors="replace").splitlines():
+        if '"pim.step ' not in line:
+            continue
+        event = telemetry.parse(json.loads(line)["msg"])
+        if event is not None and event["chain"] == chain:
+            events.append(event)
+    return events

@@ -37,7 +37,7 @@ from shared.audit import AuditLedger, security_chain
 from shared.grants import Grant, GrantLedger, UnknownGrantError
 from shared.policy import Policy, load_policy
 from shared.settings import DEFAULT_POLICY_PATH
-from tests.e2e.conftest import app_host_in, states_recorded, wait_for_state
+from tests.e2e.conftest import app_host_in, states_recorded, telemetry_events, wait_for_state
 from tests.e2e.conftest import request_status as status
 
 pytestmark = pytest.mark.stack
@@ -346,6 +346,19 @@ def test_mail_flow_down_exchange_access_is_proven_effective_with_progress_then_r
     assert len(admin_assigns(sim, alex)) == 1
     assert iam_posts(sim, load_policy(policy_path), request_id) == []
 
+    # Telemetry: one event per audit row, labelled with the ticket and the role's tier, with durations.
+    events = telemetry_events(host, request_id)
+    assert sorted(e["seq"] for e in events) == [s["seq"] for s in body["timeline"]]
+    labels = {(e["ticket"], e["system"], e["tier"]) for e in events}
+    assert labels == {(people["incident"]["number"], "servicenow", "standard")}
+    by_state = {e["state"]: e for e in events if e["step"] == "request.state"}
+    assert 0 < by_state["approved"]["elapsedSeconds"] < by_state["effective"]["elapsedSeconds"]
+    [effective] = [e for e in events if e["step"] == "proof.effective"]
+    assert effective["detail"]["secondsAfterSubmission"] == proven["detail"]["secondsAfterSubmission"]
+    assert effective["role"] == "Exchange Administrator"
+    assert effective["actor"] == people["alex"]["userPrincipalName"]
+    assert [e for e in events if e.get("signal")] == []  # nothing here should page anyone
+
 
 def test_stores_that_disagree_beyond_the_threshold_are_routed_to_iam_once_with_the_evidence(
     sim: SimulatorProcess, host: DevhostProcess, storage: Azurite, policy_path: Path
@@ -482,6 +495,8 @@ def test_access_never_effective_by_the_deadline_is_escalated_and_probed_slowly_u
     body = revoked_and_clean(sim, host, storage, people, request_id)
     assert states_recorded(body)[-3:] == ["activated", "escalated", "revoked"]
     assert len(iam_posts(sim, load_policy(policy_path), request_id)) == 1
+    signals = [e["signal"] for e in telemetry_events(host, request_id) if e.get("signal")]
+    assert signals == ["escalation"]  # the alert rule "escalation" fires once
 
 
 # --- Graph misbehaving -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from local.azurite import Azurite
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from local.stack import DevhostProcess
-from shared.audit import AuditLedger, AuditRow
+from shared.audit import AuditEntry, AuditLedger, AuditRow
 from shared.grants import Grant, GrantLedger
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
@@ -105,6 +105,8 @@ def test_two_sweeps_at_once_remove_the_expired_grant_and_report_the_orphan_once(
                                    "startDateTime": _z(now - timedelta(hours=1)),
                                    "endDateTime": _z(now + timedelta(hours=1))})  # fmt: skip
     request_id = f"servicenow-INC{uuid.uuid4().hex[:8]}-29232cdf-g1"
+    ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
+    ledger.append(request_id, AuditEntry(kind="intake.accepted", outcome="accepted", time=now))  # its record
     grant = GrantLedger(service).record(Grant(
         grant_id=Grant.id_for(request_id, "pim"), request_id=request_id, responder_id=alex,
         responder_upn="alex@contoso.test", role_name="Exchange Administrator",
@@ -121,11 +123,12 @@ def test_two_sweeps_at_once_remove_the_expired_grant_and_report_the_orphan_once(
         answers = list(pool.map(lambda _: run_sweep_now(host), range(2)))
     assert answers == [202, 202]
 
-    ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
     rows = sweep_rows(ledger, 2)
     ran = [row for row in rows if row.kind == "sweep.run"]
     assert len(ran) == 1 and sum(row.kind == "sweep.skipped" for row in rows) == 1, [r.kind for r in rows]
     assert ran[0].fields["Outcome"] == "completed", ran[0].to_json()["detail"]
+    # The request's access has ended: its record is verified (once).
+    assert ran[0].to_json()["detail"]["chainsVerified"] == [request_id]
 
     assert GrantLedger(service).get(grant.grant_id).removal_state == "removed"
     ended = sim.pim_stores()["ended"]

@@ -9,6 +9,7 @@ deployment: the Bicep compiler knows nothing about the app.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import pytest
@@ -26,6 +27,7 @@ from shared.settings import (
 )
 from tests.infra.bicep import (
     MAIN,
+    REPO_ROOT,
     Branches,
     app_settings,
     deployed_setting_source,
@@ -43,8 +45,10 @@ ALWAYS_DEPLOYED = frozenset({"AZURE_CLIENT_ID", "SWEEP_SCHEDULE", "POLICY_PATH",
 PLATFORM_SETTING = re.compile(
     r"AzureWebJobsStorage__(accountName|credential|clientId|blobServiceUri|queueServiceUri|tableServiceUri)"
     r"|APPLICATIONINSIGHTS_CONNECTION_STRING|APPLICATIONINSIGHTS_AUTHENTICATION_STRING|AzureWebJobsFeatureFlags"
-    # The Durable Task Scheduler backend: host.json names them (connectionStringName, hubName).
+    # The Durable Task Scheduler backend: its connection and hub, and the host.json overrides that name them.
     r"|DURABLE_TASK_SCHEDULER_CONNECTION_STRING|TASKHUB_NAME"
+    r"|AzureFunctionsJobHost__extensions__durableTask__(hubName|storageProvider__type"
+    r"|storageProvider__connectionStringName)"
 )
 # Flex Consumption takes the runtime from functionAppConfig and refuses these as app settings.
 REFUSED_BY_FLEX_CONSUMPTION = frozenset(
@@ -196,6 +200,15 @@ def test_the_durable_task_scheduler_backend_adds_its_identity_based_connection()
     assert "Authentication=ManagedIdentity" in connection
     assert "ClientID=${appIdentityClientId}" in connection
     assert settings["TASKHUB_NAME"] == "taskHubName"
+    # host.json keeps the Azure Storage provider (the local runtime's); these app settings override it.
+    host = json.loads((REPO_ROOT / "host.json").read_text())["extensions"]["durableTask"]
+    assert "storageProvider" not in host
+    override = "AzureFunctionsJobHost__extensions__durableTask__"
+    assert settings[override + "storageProvider__type"] == "azureManaged"
+    connection_name = settings[override + "storageProvider__connectionStringName"]
+    assert connection_name == "DURABLE_TASK_SCHEDULER_CONNECTION_STRING" and connection_name in settings
+    assert settings[override + "hubName"] == "%TASKHUB_NAME%"
+    assert not any(name.startswith(override) for name in deployment(("jira",), "entra_group"))
 
 
 def test_main_defaults_match_the_apps_defaults_and_the_shipped_policy() -> None:

@@ -35,6 +35,7 @@ BUILT_IN_ROLES = {
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "0ad04412-c4d5-4796-b79c-f76d14c8d402": "Durable Task Data Contributor",
+    "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
 }
 
 

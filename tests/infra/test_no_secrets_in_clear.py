@@ -50,7 +50,8 @@ AZD_REFERENCE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(=[^}]*)?\}")
 
 
 def _text_files() -> list[Path]:
-    return [*sorted(path for path in INFRA.rglob("*") if path.is_file()), REPO_ROOT / "azure.yaml"]
+    files = (path for path in INFRA.rglob("*") if path.is_file() and "__pycache__" not in path.parts)
+    return [*sorted(files), REPO_ROOT / "azure.yaml"]
 
 
 def _names_in(node: object) -> set[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -11,15 +11,19 @@ import pytest
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from local.azurite import Azurite
+from shared import telemetry
 from shared.audit import (
     HEADS_TABLE,
     ROWS_TABLE,
+    VERIFICATION_FAILED_KIND,
     AuditEntry,
     AuditError,
     AuditLedger,
+    AuditRow,
     GraphCall,
     chain_hash,
     security_chain,
+    verify_and_report,
 )
 
 pytestmark = pytest.mark.stack
@@ -188,3 +192,49 @@ def test_security_chain_allocates_positions_for_concurrent_writers(ledger: Audit
 def test_an_oversized_detail_is_refused(ledger: AuditLedger) -> None:
     with pytest.raises(AuditError, match="record evidence, not payloads"):
         ledger.append(chain_id(), entry(0, detail={"blob": "x" * 40_000}), seq=0)
+
+
+# --- the row observer (telemetry) -------------------------------------------------------------------------
+
+
+def observed_ledger(service: TableServiceClient) -> tuple[AuditLedger, list[dict[str, object]]]:
+    events: list[dict[str, object]] = []
+
+    def observer(row: AuditRow, started_at: datetime | None, labels: Mapping[str, object]) -> None:
+        events.append(telemetry.step_fields(row, started_at, labels))
+
+    ledger = AuditLedger(service, "sha256:" + "a" * 64, "sha256:" + "b" * 64, observer=observer)
+    return ledger, events
+
+
+def test_each_row_written_is_observed_once_with_the_time_since_the_chain_began(
+    service: TableServiceClient,
+) -> None:
+    ledger, events = observed_ledger(service)
+    chain = chain_id()
+    labels = {"ticket": "INC0012345", "system": "servicenow", "tier": "high"}
+    write_chain(ledger, chain, rows=3)
+    ledger.append(chain, entry(1), seq=1, labels=labels)  # a retried activity: the row is stored already
+    ledger.append(chain, entry(3), seq=3, labels=labels)
+    assert [(e["seq"], e["elapsedSeconds"]) for e in events] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert (events[3]["ticket"], events[3]["tier"], events[3]["step"]) == ("INC0012345", "high", "step.3")
+    assert "ticket" not in events[0]  # no labels given: none invented
+
+
+def test_a_chain_that_does_not_verify_is_recorded_on_the_security_chain_and_raises_the_signal(
+    service: TableServiceClient,
+) -> None:
+    ledger, events = observed_ledger(service)
+    chain = chain_id()
+    write_chain(ledger, chain)
+    assert verify_and_report(ledger, chain, T0, "test").ok
+    assert [e["step"] for e in events].count(VERIFICATION_FAILED_KIND) == 0
+
+    tamper(service, chain, 2, Outcome="failed")
+    verification = verify_and_report(ledger, chain, T0, "test")
+    assert not verification.ok and verification.first_broken_seq == 2
+    [row] = [r for r in ledger.read(security_chain(T0)) if r.to_json()["detail"].get("chain") == chain]
+    assert row.kind == VERIFICATION_FAILED_KIND
+    assert row.to_json()["detail"]["firstBrokenRow"] == 2 and row.to_json()["detail"]["by"] == "test"
+    [event] = [e for e in events if e["step"] == VERIFICATION_FAILED_KIND and e["seq"] == row.seq]
+    assert event["signal"] == "chain_verification_failed"

@@ -75,3 +75,14 @@ def test_a_removed_grant_is_no_longer_outstanding(ledger: GrantLedger) -> None:
 def test_an_unknown_grant_is_named(ledger: GrantLedger) -> None:
     with pytest.raises(UnknownGrantError, match="no grant nothing:pim"):
         ledger.set_removal_state("nothing:pim", "removed", T0)
+
+
+def test_removed_since_finds_the_grants_removed_at_or_after_a_moment(ledger: GrantLedger) -> None:
+    earlier, exactly, later, active = (ledger.record(new_grant()) for _ in range(4))
+    ledger.set_removal_state(earlier.grant_id, "removed", T0 - timedelta(microseconds=1))
+    ledger.set_removal_state(exactly.grant_id, "removed", T0)  # isoformat() leaves its microseconds out
+    ledger.set_removal_state(later.grant_id, "removed", T0 + timedelta(minutes=3, microseconds=5))
+    ledger.set_removal_state(active.grant_id, "removal_failed", T0 + timedelta(minutes=1))
+    found = {grant.grant_id for grant in ledger.removed_since(T0)}
+    assert {exactly.grant_id, later.grant_id} <= found
+    assert not {earlier.grant_id, active.grant_id} & found

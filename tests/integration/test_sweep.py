@@ -20,7 +20,14 @@ from azure.identity import ManagedIdentityCredential
 from local.azurite import Azurite
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
-from shared.audit import AuditLedger, AuditRow
+from shared.audit import (
+    ROWS_TABLE,
+    VERIFICATION_FAILED_KIND,
+    AuditEntry,
+    AuditLedger,
+    AuditRow,
+    security_chain,
+)
 from shared.directory import EntraDirectory, graph_client
 from shared.grants import GRANTS_TABLE, Grant, GrantConflictError, GrantLedger, GrantPath, RemovalState
 from shared.pim import Pim, PimAnswer
@@ -109,6 +116,8 @@ class World:
             path=path, assignment_request_id=str(uuid.uuid4()) if assignment_id is None else assignment_id,
             granted_at=now - granted_ago, expires_at=now + expires_in,
         )  # fmt: skip
+        # The request's record: the sweep verifies it once the access has ended.
+        self.audit.append(request_id, AuditEntry(kind="intake.accepted", outcome="accepted", time=now))
         recorded = self.ledger.record(grant)
         if state != "active":
             recorded = self.ledger.set_removal_state(grant.grant_id, state, now, "set up by the test")
@@ -492,3 +501,43 @@ def test_two_runs_that_both_act_agree_on_every_grant_and_report_drift_once(world
     assert len(first.drift_reported) + len(second.drift_reported) == 1
     assert len(world.iam_messages()) == 1
     assert world.chain_verifies()
+
+
+# --- audit chains -------------------------------------------------------------------------------------------
+
+
+def test_the_chain_of_a_request_whose_access_ended_is_verified_once(world: World) -> None:
+    alex = world.user("alex")
+    world.assignment(alex, EXCHANGE_ADMIN, started=timedelta(hours=1), lasts=timedelta(hours=2))
+    expired = world.grant(alex, EXCHANGE_ADMIN, expires_in=-timedelta(minutes=1))  # the sweep removes it
+    ended = world.grant(world.user("blake"), GLOBAL_ADMIN, expires_in=timedelta(hours=1), state="removed")
+    running = world.grant(world.user("casey"), GLOBAL_ADMIN, expires_in=timedelta(hours=1))
+
+    first = _one(world.run())
+    assert first.outcome == "completed"
+    assert sorted(first.chains_verified) == sorted([expired.request_id, ended.request_id])
+    assert running.request_id not in first.chains_verified and first.chains_broken == ()
+    # The next run's look-back overlaps this one's: what was verified is not verified again.
+    assert _one(world.run()).chains_verified == ()
+
+
+def test_a_changed_or_missing_record_is_reported_on_the_security_chain_once(world: World) -> None:
+    edited = world.grant(world.user("alex"), GLOBAL_ADMIN, expires_in=timedelta(hours=1), state="removed")
+    rows = world.service.get_table_client(ROWS_TABLE)
+    row = dict(rows.get_entity(edited.request_id, f"{0:010d}"))
+    rows.update_entity({**row, "Outcome": "rejected"})
+    deleted = world.grant(world.user("blake"), GLOBAL_ADMIN, expires_in=timedelta(hours=1), state="removed")
+    rows.delete_entity(deleted.request_id, f"{0:010d}")
+    world.service.get_table_client("AuditHeads").delete_entity(deleted.request_id, "head")
+
+    summary = _one(world.run())
+    assert summary.outcome == "completed_with_errors"
+    assert sorted(summary.chains_broken) == sorted([edited.request_id, deleted.request_id])
+    found = {
+        row.to_json()["detail"]["chain"]: row.to_json()["detail"]
+        for row in world.audit.read(security_chain(datetime.now(UTC)))
+        if row.kind == VERIFICATION_FAILED_KIND
+    }
+    assert found[edited.request_id]["firstBrokenRow"] == 0 and found[edited.request_id]["by"] == "sweep"
+    assert found[deleted.request_id]["reason"] == "the chain has no rows"
+    assert _one(world.run()).chains_broken == ()  # reported once
