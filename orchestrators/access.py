@@ -269,7 +269,7 @@ def hold_and_revoke(
                 if outcome == "approved":
                     direct = yield from break_glass.assign(flow, plan, responder, end_at)
                     if direct is not None and not proven:
-                        proven = yield from _prove_once(flow, plan, responder, "break-glass")
+                        proven = yield from _prove_once(flow, plan, responder, "break-glass", submitted)
                 elif outcome == "resolved":
                     stop, reason = True, "the incident was resolved"
             escalation = None  # one break-glass per request
@@ -281,7 +281,7 @@ def hold_and_revoke(
             break
         if context.current_utc_datetime >= end_at:
             break
-        proven = yield from _prove_once(flow, plan, responder, "slow")
+        proven = yield from _prove_once(flow, plan, responder, "slow", submitted)
     if escalation is not None:  # still open: the access ended without break-glass
         yield from break_glass.close_escalation(flow, escalation, "closed", [])
     state = yield from revoke(flow, plan, responder, submitted, grant_id, reason, direct)
@@ -290,7 +290,9 @@ def hold_and_revoke(
     return reason, state
 
 
-def _prove_once(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], cadence: str) -> Steps:
+def _prove_once(
+    flow: RequestFlow, plan: dict[str, Any], responder: dict[str, Any], cadence: str, submitted: datetime
+) -> Steps:
     """One probe round after the proof deadline (the slow cadence, or right after break-glass); when it
     proves the access, the responder and the ticket are told. Returns whether it did."""
     results = yield _probe(flow, plan, responder)
@@ -299,10 +301,10 @@ def _prove_once(flow: RequestFlow, plan: dict[str, Any], responder: dict[str, An
     yield from flow.record("proof.poll", "passed" if proven else "failed", detail, role=flow.request.role)
     if proven:
         now = flow.context.current_utc_datetime
-        yield from flow.record("proof.effective", "passed", {"effectiveAt": now.isoformat(), "late": True,
-                                                             "cadence": cadence},
-                               role=flow.request.role, actor_id=responder["userId"],
-                               actor_upn=responder["upn"])  # fmt: skip
+        late = {"effectiveAt": now.isoformat(), "late": True, "cadence": cadence,
+                "secondsAfterSubmission": (now - submitted).total_seconds()}  # fmt: skip
+        yield from flow.record("proof.effective", "passed", late, role=flow.request.role,
+                               actor_id=responder["userId"], actor_upn=responder["upn"])  # fmt: skip
         yield from hand_over(flow, responder, now)
     return proven
 

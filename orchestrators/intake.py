@@ -22,7 +22,7 @@ from orchestrators.access import proof_instance_id
 from orchestrators.access_request import ACCESS_REQUEST_ORCHESTRATOR
 from orchestrators.approval import approval_instance_id, break_glass_instance_id
 from orchestrators.flow import RESOLUTION_EVENT
-from shared.audit import AuditEntry, security_chain
+from shared.audit import ACCESS_ENDED_STATES, AuditEntry, security_chain
 from shared.configuration import load_configuration
 from shared.intake import PayloadError, instance_id, parse, request_digest, ticket_key, trigger_decision
 from shared.models import AccessRequest
@@ -32,16 +32,13 @@ from shared.services import audit_ledger, deliveries, request_index
 from shared.webhooks import SignatureError, UnsupportedSystemError, verify_signature
 
 _RUNNING = (df.OrchestrationRuntimeStatus.Running, df.OrchestrationRuntimeStatus.Pending)
-# A request whose access has ended may still run for a while (a rule-approved request waits for its
-# post-facto review, up to timings.review_due): for a new delivery it has ended.
-_ENDED_STATES = frozenset(
-    {"revoked", "removal_failed", "cancelled", "denied", "expired", "rejected", "failed"}
-)
 
 
 def _access_ended(status: df.DurableOrchestrationStatus) -> bool:
+    # A request whose access has ended may still run for a while (a rule-approved request waits for its
+    # post-facto review, up to timings.review_due): for a new delivery it has ended.
     custom = status.custom_status
-    return isinstance(custom, dict) and custom.get("state") in _ENDED_STATES
+    return isinstance(custom, dict) and custom.get("state") in ACCESS_ENDED_STATES
 
 
 bp = df.Blueprint()
@@ -53,7 +50,7 @@ def _json(status: int, body: dict[str, Any]) -> func.HttpResponse:
 
 async def _security_row(now: datetime, kind: str, outcome: str, detail: dict[str, Any]) -> None:
     entry = AuditEntry(kind=kind, outcome=outcome, time=now, detail=detail, workflow_version="intake/1")
-    await asyncio.to_thread(audit_ledger().append, security_chain(now), entry)
+    await audit_ledger().append_async(security_chain(now), entry)
 
 
 def _status_url(req: func.HttpRequest, request_id: str) -> str:

@@ -59,9 +59,7 @@ def approvals(rows: list[AuditRow]) -> list[dict[str, Any]]:
 async def _read(request_id: str) -> tuple[list[AuditRow], ChainVerification]:
     ledger = audit_ledger()
     rows = await asyncio.to_thread(ledger.read, request_id)
-    verification = await asyncio.to_thread(
-        verify_and_report, ledger, request_id, datetime.now(UTC), "request_status"
-    )
+    verification = await verify_and_report(ledger, request_id, datetime.now(UTC), "request_status")
     return rows, verification
 
 

@@ -261,5 +261,5 @@ async def messages(req: func.HttpRequest, client: df.DurableOrchestrationClient)
                            actor_id=str((answer.detail or {}).get("user", "")),
                            detail={**evidence, "code": answer.refusal, **(answer.detail or {})},
                            workflow_version="teams_bot/1")  # fmt: skip
-        await asyncio.to_thread(audit_ledger().append, security_chain(now), entry)
+        await audit_ledger().append_async(security_chain(now), entry)
     return answer.http()

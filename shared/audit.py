@@ -17,9 +17,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +35,10 @@ from shared.version import APP_VERSION
 # The kind of row that records a request's state change (detail: {"state": ...}); the request's state
 # is the one its latest such row names.
 STATE_KIND = "request.state"
+# The states in which a request's access has ended (it may still record a post-facto review after them).
+ACCESS_ENDED_STATES = frozenset(
+    {"revoked", "removal_failed", "cancelled", "denied", "expired", "rejected", "failed"}
+)
 # A chain that did not verify, recorded on the security chain (shared.telemetry's alert signal).
 VERIFICATION_FAILED_KIND = "audit.verification_failed"
 ROWS_TABLE = "AuditRows"
@@ -198,14 +202,44 @@ class AuditLedger:
 
         Idempotent for a given ``seq``: writing the same entry again returns the stored row; a
         different entry at a taken position raises :class:`AuditError`. A row written here (not one
-        found written) is also emitted as telemetry (shared.telemetry), with ``labels`` (ticket, system,
-        tier) that are not part of the row.
+        found written) is told to the observer (shared.telemetry), with ``labels`` (ticket, system,
+        tier) that are not part of the row. Blocking: from a coroutine, use :meth:`append_async`.
         """
+        row, written, started_at = self._append(chain, entry, seq)
+        if written:
+            self._observe(row, started_at, labels)
+        return row
+
+    async def append_async(
+        self,
+        chain: str,
+        entry: AuditEntry,
+        seq: int | None = None,
+        labels: Mapping[str, Any] | None = None,
+    ) -> AuditRow:
+        """:meth:`append` from a coroutine: the Table Storage calls run in a thread, and the observer is
+        told on the event loop's task. The Functions Python worker forwards a log record to Application
+        Insights only when it can tell the invocation it belongs to, which it reads from the current task
+        (or a thread of its own pool), never from a thread asyncio.to_thread started."""
+        row, written, started_at = await asyncio.to_thread(self._append, chain, entry, seq)
+        if written:
+            self._observe(row, started_at, labels)
+        return row
+
+    def _observe(self, row: AuditRow, started_at: datetime | None, labels: Mapping[str, Any] | None) -> None:
+        if self._observer is not None:
+            self._observer(row, started_at, labels or {})
+
+    def _append(
+        self, chain: str, entry: AuditEntry, seq: int | None
+    ) -> tuple[AuditRow, bool, datetime | None]:
+        """The row, whether this call wrote it (False: it was written before), and the chain's first time
+        (None when the head does not know it)."""
         for _ in range(_MAX_RACE_ATTEMPTS):
             count, last_hash, etag, started_at = self._head(chain)
             position = count if seq is None else seq
             if position < count:
-                return self._already_written(chain, position, entry)
+                return self._already_written(chain, position, entry), False, None
             if position > count:
                 raise AuditError(f"{chain}: row {position} cannot be written before row {count}")
             fields = self._fields(chain, position, entry, last_hash)
@@ -218,10 +252,21 @@ class AuditLedger:
                 self._advance_head(chain, self._read_row(chain, position), etag)
                 continue
             self._advance_head(chain, row, etag)
-            if self._observer is not None:
-                self._observer(row, started_at if position else entry.time, labels or {})
-            return row
+            return row, True, (started_at if position else entry.time)
         raise AuditError(f"{chain}: could not append after {_MAX_RACE_ATTEMPTS} concurrent attempts")
+
+    def claim_report(self, verification: ChainVerification, now: datetime) -> bool:
+        """True the first time a given break of a chain (its first broken row and reason) is claimed for a
+        report, False after: each break is reported once, however often the chain is read. The claim is a
+        create-only row beside the chain's head (its RowKey is never "head")."""
+        reason = hashlib.sha256(verification.reason.encode("utf-8")).hexdigest()[:16]
+        key = f"reported-{verification.first_broken_seq}-{reason}"
+        try:
+            claim = {"PartitionKey": verification.chain, "RowKey": key, "At": now.isoformat()}
+            self._heads.create_entity(claim)
+        except ResourceExistsError:
+            return False
+        return True
 
     def next_seq(self, chain: str) -> int:
         """The position the next row of ``chain`` takes (its row count)."""
@@ -338,7 +383,9 @@ class AuditLedger:
 class VerifiableLedger(Protocol):
     def verify(self, chain: str) -> ChainVerification: ...
 
-    def append(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
+    def claim_report(self, verification: ChainVerification, now: datetime) -> bool: ...
+
+    async def append_async(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
 
 
 # A chain being written while it is read can look broken for a moment (rows read, then a head that has
@@ -347,31 +394,32 @@ _VERIFY_ATTEMPTS = 3
 _VERIFY_PAUSE_S = 0.5
 
 
-def verify_and_report(
+async def verify_and_report(
     ledger: VerifiableLedger, chain: str, now: datetime, by: str, expect_rows: bool = False
 ) -> ChainVerification:
     """Verify ``chain``; a chain that does not verify is recorded on the day's security chain (which raises
-    the ``chain_verification_failed`` alert), with who found it (``by``: the status endpoint, the sweep).
+    the ``chain_verification_failed`` alert), with who found it (``by``: the status endpoint, the sweep),
+    once per break however often it is read.
     ``expect_rows``: the chain must exist (a request that granted access has a record; deleting a whole
     chain, head included, would otherwise verify as an empty one)."""
 
-    def verify() -> ChainVerification:
-        found = ledger.verify(chain)
+    async def verify() -> ChainVerification:
+        found = await asyncio.to_thread(ledger.verify, chain)
         if found.ok and found.count == 0 and expect_rows:
             return ChainVerification(chain, False, 0, found.head_count, 0, "the chain has no rows")
         return found
 
-    verification = verify()
+    verification = await verify()
     for _ in range(_VERIFY_ATTEMPTS - 1):
         if verification.ok:
             return verification
-        time.sleep(_VERIFY_PAUSE_S)
-        verification = verify()
-    if not verification.ok:
+        await asyncio.sleep(_VERIFY_PAUSE_S)
+        verification = await verify()
+    if not verification.ok and await asyncio.to_thread(ledger.claim_report, verification, now):
         detail = {**verification.to_json(), "by": by}
         entry = AuditEntry(kind=VERIFICATION_FAILED_KIND, outcome="failed", time=now, actor_id="system",
                            detail=detail, workflow_version="audit/1")  # fmt: skip
-        ledger.append(security_chain(now), entry)
+        await ledger.append_async(security_chain(now), entry)
     return verification
 
 

@@ -3,7 +3,6 @@ half that functions reach at run time: clients are created once and reused)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -139,7 +138,7 @@ def outage_notice(
         entry = AuditEntry(kind="breaker.opened", outcome="recorded", time=now, actor_id="system",
                            detail={"notice": detail}, workflow_version="breaker/1")  # fmt: skip
         try:
-            await asyncio.to_thread(ledger.append, security_chain(now), entry)
+            await ledger.append_async(security_chain(now), entry)
         finally:
             await connector.post_text(conversation_id, detail)
 

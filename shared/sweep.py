@@ -43,7 +43,15 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.audit import AuditEntry, AuditRow, ChainVerification, GraphCall, verify_and_report
+from shared.audit import (
+    ACCESS_ENDED_STATES,
+    AuditEntry,
+    AuditRow,
+    ChainVerification,
+    GraphCall,
+    current_state,
+    verify_and_report,
+)
 from shared.directory import DirectoryError, Traced
 from shared.grants import Grant, GrantConflictError, RemovalState
 from shared.pim import PimAnswer, RoleHolder
@@ -76,11 +84,17 @@ LEASE_DURATION = timedelta(minutes=2)
 # A request records its grant just after PIM accepted the activation: an assignment seen in that moment is
 # not drift yet. Unknown holders are looked up in the ledger again after this pause before being reported.
 DRIFT_RECHECK_DELAY = timedelta(seconds=15)
-# The chains verified by a run: of the requests whose grants were confirmed removed since the previous run
-# started, less this overlap (a grant's removal time comes from its writer's clock, an orchestration's replay
-# time included, which can lag); a first run looks back a day.
+# The chains a run verifies: of the requests whose grants were confirmed removed since the watermark, less
+# this overlap (a grant's removal time comes from its writer's clock, an orchestration's replay time
+# included, which can lag); a first run looks back a day. A request that has not recorded the end of its
+# access is waited for this long before its chain is verified as it stands.
 VERIFY_OVERLAP = timedelta(minutes=5)
+# The request itself removes its access when the approved duration ends (a durable timer at the grant's
+# expiry, then adminRemove and a read-back of a few seconds): the sweep leaves that moment to it, so that a
+# removal of its own (and the "grant past expiry still assigned" alert) means the request did not do it.
+EXPIRY_GRACE = timedelta(seconds=30)
 FIRST_RUN_VERIFY_LOOKBACK = timedelta(days=1)
+UNFINISHED_PATIENCE = timedelta(hours=1)
 # Read-back after a removal: the stores drop an assignment at their own pace (seconds before each look).
 READ_BACK_WAITS: tuple[float, ...] = (0.0, 2.0, 5.0)
 
@@ -140,9 +154,13 @@ class Notifier(Protocol):
 class AuditTrail(Protocol):
     """The audit ledger (shared.audit.AuditLedger)."""
 
-    def append(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
+    async def append_async(self, chain: str, entry: AuditEntry, seq: int | None = None) -> AuditRow: ...
+
+    def read(self, chain: str) -> list[AuditRow]: ...
 
     def verify(self, chain: str) -> ChainVerification: ...
+
+    def claim_report(self, verification: ChainVerification, now: datetime) -> bool: ...
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -463,6 +481,18 @@ class SweepState:
 
     # -- audit chains
 
+    def chains_verified_through(self) -> datetime | None:
+        """The sweep's verification watermark (on the lease row): grants removed before it are done."""
+        try:
+            entity = self._table.get_entity(_LEASE_PARTITION, self._lease_name)
+        except ResourceNotFoundError:
+            return None
+        return _time(entity.get("ChainsVerifiedThrough"))
+
+    def set_chains_verified_through(self, moment: datetime) -> None:
+        key = {"PartitionKey": _LEASE_PARTITION, "RowKey": self._lease_name}
+        self._table.update_entity({**key, "ChainsVerifiedThrough": _iso(moment)}, mode=UpdateMode.MERGE)
+
     def chain_checked(self, chain: str) -> bool:
         """Whether a run verified ``chain`` already (each ended request's chain is verified once)."""
         try:
@@ -670,7 +700,7 @@ class _Run:
             graph=graph,
             workflow_version=WORKFLOW_VERSION,
         )
-        await asyncio.to_thread(self.s.audit.append, self.chain, entry)
+        await self.s.audit.append_async(self.chain, entry)
 
     # -- 1. removals
 
@@ -856,30 +886,46 @@ class _Run:
     # -- 3. audit chains
 
     async def _verify_ended(self) -> None:
-        """Verify the audit chain of every request whose access ended since the previous run started (once
-        its record is complete), so that a changed record raises an alert without anyone reading it."""
+        """Verify, once, the audit chain of every request whose access ended, so that a changed or deleted
+        record raises an alert without anyone reading it.
+
+        The requests are those with a grant confirmed removed since the watermark (less an overlap: a
+        removal's time comes from its writer's clock). A chain whose request has not recorded the end of
+        its access yet is left for a later run (for at most ``UNFINISHED_PATIENCE``), and holds the
+        watermark back; the watermark moves only when every chain was looked at without an error."""
         s = self.s
-        status = await asyncio.to_thread(s.state.status)
-        previous = status.last_run_started_at if status else None
-        since = previous - VERIFY_OVERLAP if previous else self.started_at - FIRST_RUN_VERIFY_LOOKBACK
-        ended = await asyncio.to_thread(s.ledger.removed_since, since)
-        for request_id in sorted({grant.request_id for grant in ended}):
+        watermark = await asyncio.to_thread(s.state.chains_verified_through)
+        since = watermark - VERIFY_OVERLAP if watermark else self.started_at - FIRST_RUN_VERIFY_LOOKBACK
+        removed: dict[str, list[datetime]] = {}
+        for grant in await asyncio.to_thread(s.ledger.removed_since, since):
+            removed.setdefault(grant.request_id, []).append(grant.updated_at or since)
+        next_mark, clean = self.started_at, True
+        for request_id in sorted(removed):
             await self._keep_lease()
+            removed_at = min(removed[request_id])
             try:
                 if await asyncio.to_thread(s.state.chain_checked, request_id):
                     continue
-                found = await asyncio.to_thread(
-                    verify_and_report, s.audit, request_id, s.clock(), "sweep", expect_rows=True
-                )
+                rows = await asyncio.to_thread(s.audit.read, request_id)
+                unfinished = rows and current_state(rows) not in ACCESS_ENDED_STATES
+                if unfinished and s.clock() - removed_at < UNFINISHED_PATIENCE:
+                    next_mark = min(next_mark, removed_at)
+                    continue
+                found = await verify_and_report(s.audit, request_id, s.clock(), "sweep", expect_rows=True)
                 await asyncio.to_thread(s.state.chain_verified, request_id, found.ok, s.clock(), self.run_id)
-            except Exception as exc:  # the next run tries again: the chain is not marked verified
+            except LeaseLostError:
+                raise
+            except Exception as exc:  # not marked verified, and the watermark stays: the next run tries again
                 log.exception("sweep run %s: verifying %s", self.run_id, request_id)
                 self.tally.errors.append(f"verifying {request_id}: {type(exc).__name__}: {exc}")
+                clean = False
                 continue
             self.tally.chains_verified.append(request_id)
             if not found.ok:
                 self.tally.chains_broken.append(request_id)
                 self.tally.errors.append(f"audit chain {request_id} does not verify: {found.reason}")
+        if clean:
+            await asyncio.to_thread(s.state.set_chains_verified_through, next_mark)
 
     # -- 2. drift
 
@@ -960,8 +1006,9 @@ class _Run:
 
 
 def _due(grant: Grant, now: datetime) -> bool:
-    """Past its expiry (whatever its state short of removed), or a removal that failed before."""
-    return grant.removal_state == "removal_failed" or grant.is_past_expiry(now)
+    """Past its expiry by more than the grace (whatever its state short of removed), or a removal that
+    failed before."""
+    return grant.removal_state == "removal_failed" or grant.is_past_expiry(now - EXPIRY_GRACE)
 
 
 def _superseded(grant: Grant, grants: list[Grant], now: datetime) -> bool:

@@ -8,7 +8,8 @@ written (a retried write that finds its row stored emits nothing).
 The line is ``pim.step {json}`` at INFO on the ``pim.telemetry`` logger. The Functions host forwards worker
 logs to Application Insights as ``traces`` with the text in ``message``; a JSON text parses the same way there
 and in the local devhost's logs, whatever the logging pipeline does with ``extra`` fields. The workbook and
-alert queries in ``infra/modules/monitoring.bicep`` read it with ``parse_json(substring(message, 9))``.
+alert queries (``infra/monitoring/``, loaded by ``infra/modules/workbook.bicep`` and ``alerts.bicep``) read
+it from the workspace's ``AppTraces`` table with ``parse_json(substring(Message, 9))``.
 
 Fields (camelCase, stable: the queries depend on them; tests/infra checks every field they read exists):
 
@@ -39,7 +40,7 @@ from shared.audit import STATE_KIND, VERIFICATION_FAILED_KIND, AuditRow
 EVENT: Final = "pim.step"
 log = logging.getLogger("pim.telemetry")
 
-# What each alert rule watches (infra/modules/monitoring.bicep; docs/operations.md has a runbook for each).
+# What each alert rule watches (infra/modules/alerts.bicep; docs/operations.md has a runbook for each).
 SIGNALS: Final[Mapping[str, str]] = {
     "escalation": "a request escalated to IAM (access not proven in time, or activation failed)",
     "expired_grant_assigned": "a grant past its expiry, or whose removal failed, was still assigned",
@@ -67,8 +68,8 @@ def signal_of(kind: str, outcome: str, detail: Mapping[str, Any]) -> str | None:
         return "expired_grant_assigned"  # it was still assigned: the sweep, not the request, removed it
     if kind in ("sweep.removal_failed", "sweep.removal_deferred"):
         return "expired_grant_assigned"
-    if kind == "sweep.drift" and outcome == "reported":
-        return "unknown_assignment"
+    if kind == "sweep.drift" and outcome in ("reported", "notify_failed"):
+        return "unknown_assignment"  # notify_failed: IAM got no Teams message, so the alert matters more
     if kind == "breaker.opened":
         return "breaker_open"
     if kind == VERIFICATION_FAILED_KIND:
@@ -135,7 +136,7 @@ def observe(row: AuditRow, started_at: datetime | None, labels: Mapping[str, Any
 
 
 def parse(message: str) -> dict[str, Any] | None:
-    """The event in a log message (what the workbook's ``parse_json(substring(message, 9))`` does)."""
+    """The event in a log message (what the workbook's ``parse_json(substring(Message, 9))`` does)."""
     if not message.startswith(EVENT + " "):
         return None
     value = json.loads(message[len(EVENT) + 1 :])

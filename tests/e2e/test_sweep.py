@@ -23,7 +23,7 @@ from local.azurite import Azurite
 from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from local.stack import DevhostProcess
-from shared.audit import AuditEntry, AuditLedger, AuditRow
+from shared.audit import STATE_KIND, AuditEntry, AuditLedger, AuditRow
 from shared.grants import Grant, GrantLedger
 from shared.policy import load_policy
 from shared.settings import DEFAULT_POLICY_PATH
@@ -106,7 +106,9 @@ def test_two_sweeps_at_once_remove_the_expired_grant_and_report_the_orphan_once(
                                    "endDateTime": _z(now + timedelta(hours=1))})  # fmt: skip
     request_id = f"servicenow-INC{uuid.uuid4().hex[:8]}-29232cdf-g1"
     ledger = AuditLedger(service, POLICY.version_hash, POLICY.file_hash)
-    ledger.append(request_id, AuditEntry(kind="intake.accepted", outcome="accepted", time=now))  # its record
+    # Its record: a request that stopped and handed its grant to the sweep.
+    ledger.append(request_id, AuditEntry(kind="intake.accepted", outcome="accepted", time=now))
+    ledger.append(request_id, AuditEntry(STATE_KIND, "recorded", now, detail={"state": "removal_failed"}))
     grant = GrantLedger(service).record(Grant(
         grant_id=Grant.id_for(request_id, "pim"), request_id=request_id, responder_id=alex,
         responder_upn="alex@contoso.test", role_name="Exchange Administrator",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -227,14 +229,39 @@ def test_a_chain_that_does_not_verify_is_recorded_on_the_security_chain_and_rais
     ledger, events = observed_ledger(service)
     chain = chain_id()
     write_chain(ledger, chain)
-    assert verify_and_report(ledger, chain, T0, "test").ok
+    assert asyncio.run(verify_and_report(ledger, chain, T0, "test")).ok
     assert [e["step"] for e in events].count(VERIFICATION_FAILED_KIND) == 0
 
     tamper(service, chain, 2, Outcome="failed")
-    verification = verify_and_report(ledger, chain, T0, "test")
+    verification = asyncio.run(verify_and_report(ledger, chain, T0, "test"))
     assert not verification.ok and verification.first_broken_seq == 2
     [row] = [r for r in ledger.read(security_chain(T0)) if r.to_json()["detail"].get("chain") == chain]
     assert row.kind == VERIFICATION_FAILED_KIND
     assert row.to_json()["detail"]["firstBrokenRow"] == 2 and row.to_json()["detail"]["by"] == "test"
     [event] = [e for e in events if e["step"] == VERIFICATION_FAILED_KIND and e["seq"] == row.seq]
     assert event["signal"] == "chain_verification_failed"
+    # Read again (the runbook's first step): the same break is not reported twice.
+    assert not asyncio.run(verify_and_report(ledger, chain, T0, "test")).ok
+    reports = [r for r in ledger.read(security_chain(T0)) if r.to_json()["detail"].get("chain") == chain]
+    assert len(reports) == 1
+
+
+def test_from_a_coroutine_the_observer_is_told_on_the_event_loop_not_in_a_worker_thread(
+    service: TableServiceClient,
+) -> None:
+    """The Functions worker forwards a log record only from the invocation's task (or its own pool)."""
+    threads: list[str] = []
+
+    def observer(row: AuditRow, started_at: datetime | None, labels: Mapping[str, object]) -> None:
+        threads.append(threading.current_thread().name)
+
+    ledger = AuditLedger(service, "sha256:" + "a" * 64, "sha256:" + "b" * 64, observer=observer)
+    chain = chain_id()
+
+    async def main() -> str:
+        await ledger.append_async(chain, entry(0), seq=0)
+        await ledger.append_async(chain, entry(0), seq=0)  # found written: not told again
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert threads == [loop_thread]

@@ -22,6 +22,7 @@ from local.simulators.identity import IDENTITY_HEADER, TOKEN_PATH
 from local.simulators.process import SimulatorProcess
 from shared.audit import (
     ROWS_TABLE,
+    STATE_KIND,
     VERIFICATION_FAILED_KIND,
     AuditEntry,
     AuditLedger,
@@ -106,7 +107,8 @@ class World:
 
     def grant(self, principal: str, role: str, *, expires_in: timedelta, path: GrantPath = "pim",
               assignment_id: str | None = None, state: RemovalState = "active",
-              granted_ago: timedelta = timedelta(hours=1)) -> Grant:  # fmt: skip
+              granted_ago: timedelta = timedelta(hours=1),
+              request_state: str = "removal_failed") -> Grant:  # fmt: skip
         request_id = f"servicenow-INC{uuid.uuid4().hex[:8]}-{role[:8]}-g1"
         now = datetime.now(UTC)
         grant = Grant(
@@ -116,12 +118,18 @@ class World:
             path=path, assignment_request_id=str(uuid.uuid4()) if assignment_id is None else assignment_id,
             granted_at=now - granted_ago, expires_at=now + expires_in,
         )  # fmt: skip
-        # The request's record: the sweep verifies it once the access has ended.
+        # The request's record, ended (by default, as a request that handed its grant to the sweep): the sweep
+        # verifies it once the access has ended.
         self.audit.append(request_id, AuditEntry(kind="intake.accepted", outcome="accepted", time=now))
+        self.state(request_id, request_state)
         recorded = self.ledger.record(grant)
         if state != "active":
             recorded = self.ledger.set_removal_state(grant.grant_id, state, now, "set up by the test")
         return recorded
+
+    def state(self, request_id: str, state: str) -> None:
+        now = datetime.now(UTC)
+        self.audit.append(request_id, AuditEntry(STATE_KIND, "recorded", now, detail={"state": state}))
 
     def direct(self, principal: str, role: str) -> str:
         """A break-glass grant's assignment, made through the PIM adapter's direct path."""
@@ -229,7 +237,7 @@ def test_a_pim_grant_past_its_expiry_is_removed_and_confirmed(world: World) -> N
 def test_a_break_glass_grant_is_removed_by_deleting_its_assignment(world: World) -> None:
     alex = world.user("alex")
     assignment_id = world.direct(alex, GLOBAL_ADMIN)
-    grant = world.grant(alex, GLOBAL_ADMIN, expires_in=-timedelta(seconds=1), path="break_glass",
+    grant = world.grant(alex, GLOBAL_ADMIN, expires_in=-timedelta(minutes=1), path="break_glass",
                         assignment_id=assignment_id)  # fmt: skip
 
     summary = _one(world.run())
@@ -247,7 +255,7 @@ def test_a_break_glass_grant_recorded_without_its_assignment_id_is_found_and_rem
     alex, bob = world.user("alex"), world.user("bob")
     world.direct(alex, GLOBAL_ADMIN)
     world.assignment(bob, GLOBAL_ADMIN, started=timedelta(hours=1), lasts=timedelta(hours=2))
-    grant = world.grant(alex, GLOBAL_ADMIN, expires_in=-timedelta(seconds=1), path="break_glass",
+    grant = world.grant(alex, GLOBAL_ADMIN, expires_in=-timedelta(minutes=1), path="break_glass",
                         assignment_id="")  # fmt: skip
     assert grant.assignment_request_id == ""
 
@@ -298,7 +306,7 @@ def test_a_removal_pim_refuses_as_too_soon_is_left_for_the_next_run(world: World
     world.sim.pim_behaviour(roleDefinitionId=EXCHANGE_ADMIN, minimumActiveSeconds=2)
     alex = world.user("alex")
     world.assignment(alex, EXCHANGE_ADMIN, started=timedelta(0), lasts=timedelta(hours=1))
-    grant = world.grant(alex, EXCHANGE_ADMIN, expires_in=-timedelta(seconds=1))
+    grant = world.grant(alex, EXCHANGE_ADMIN, expires_in=-timedelta(minutes=1))
 
     first = _one(world.run())
 
@@ -527,7 +535,8 @@ def test_a_changed_or_missing_record_is_reported_on_the_security_chain_once(worl
     row = dict(rows.get_entity(edited.request_id, f"{0:010d}"))
     rows.update_entity({**row, "Outcome": "rejected"})
     deleted = world.grant(world.user("blake"), GLOBAL_ADMIN, expires_in=timedelta(hours=1), state="removed")
-    rows.delete_entity(deleted.request_id, f"{0:010d}")
+    for row in list(rows.query_entities("PartitionKey eq @p", parameters={"p": deleted.request_id})):
+        rows.delete_entity(row["PartitionKey"], row["RowKey"])
     world.service.get_table_client("AuditHeads").delete_entity(deleted.request_id, "head")
 
     summary = _one(world.run())
@@ -541,3 +550,29 @@ def test_a_changed_or_missing_record_is_reported_on_the_security_chain_once(worl
     assert found[edited.request_id]["firstBrokenRow"] == 0 and found[edited.request_id]["by"] == "sweep"
     assert found[deleted.request_id]["reason"] == "the chain has no rows"
     assert _one(world.run()).chains_broken == ()  # reported once
+
+
+def test_a_request_that_has_not_recorded_its_end_is_verified_later_and_holds_the_watermark(
+    world: World,
+) -> None:
+    ending = world.grant(world.user("alex"), GLOBAL_ADMIN, expires_in=timedelta(hours=1), state="removed",
+                         request_state="effective")  # fmt: skip
+    assert _one(world.run()).chains_verified == ()
+    held = SweepState(world.service).chains_verified_through()
+    assert held is not None and held <= world.ledger.get(ending.grant_id).updated_at  # type: ignore[operator]
+
+    world.state(ending.request_id, "revoked")  # the request records the end of its access
+    assert _one(world.run()).chains_verified == (ending.request_id,)
+    assert SweepState(world.service).chains_verified_through() > held  # type: ignore[operator]
+
+
+def test_a_grant_within_the_grace_after_its_expiry_is_left_to_its_request(world: World) -> None:
+    alex = world.user("alex")
+    world.assignment(alex, EXCHANGE_ADMIN, started=timedelta(hours=1), lasts=timedelta(hours=2))
+    grant = world.grant(alex, EXCHANGE_ADMIN, expires_in=-timedelta(seconds=1))  # the request removes it now
+
+    summary = _one(world.run())
+
+    assert (summary.removed, summary.deferred, summary.still_failing) == ((), (), ())
+    assert world.ledger.get(grant.grant_id).removal_state == "active"
+    assert world.removal_calls() == {REMOVE_PIM: 0, REMOVE_DIRECT: 0}

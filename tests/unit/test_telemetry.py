@@ -24,7 +24,7 @@ T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
         ("sweep.removal_failed", "failed", {"verdict": "unavailable"}, "expired_grant_assigned"),
         ("sweep.removal_deferred", "deferred", {"verdict": "too_soon"}, "expired_grant_assigned"),
         ("sweep.drift", "reported", {}, "unknown_assignment"),
-        ("sweep.drift", "notify_failed", {}, None),  # the claim is retried; the reported row raises it
+        ("sweep.drift", "notify_failed", {}, "unknown_assignment"),  # Teams failed: the alert is the channel
         ("breaker.opened", "recorded", {}, "breaker_open"),
         (VERIFICATION_FAILED_KIND, "failed", {}, "chain_verification_failed"),
         ("intake.signature_rejected", "rejected", {"code": "bad_signature"}, "signature_rejected"),
