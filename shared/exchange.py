@@ -19,13 +19,12 @@ service's ``request-id``, like the Graph adapter, so the audit row records it th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from types import MappingProxyType
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -33,6 +32,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
 
 from shared.audit import GraphCall
+from shared.bearer import BearerClient
 from shared.directory import DirectoryError, Traced, _retry_after
 
 __all__ = [
@@ -54,7 +54,6 @@ EXCHANGE_ADMINISTRATOR: Final = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 # Entra role template id -> the Exchange role group its holders land in. Only roles whose role group is known
 # are probed; anything else is a policy mistake, said as such (role_group_for).
 ROLE_GROUPS: Final[Mapping[str, str]] = MappingProxyType({EXCHANGE_ADMINISTRATOR: "Organization Management"})
-_CONNECT_TIMEOUT_S: Final = 5.0
 _MAX_ERROR_TEXT: Final = 300
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def role_group_for(role_template_id: str) -> str:
     return group
 
 
-class ExchangeRoleGroups:
+class ExchangeRoleGroups(BearerClient):
     """Reads Exchange Online role groups through the admin API at ``base_url`` for ``tenant_id``.
 
     ``credential`` gets tokens for :data:`EXCHANGE_SCOPE` (the app's managed identity). ``transport``: for
@@ -94,30 +93,11 @@ class ExchangeRoleGroups:
         timeout_s: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not base_url.startswith(("https://", "http://")):
-            raise ValueError(f"the Exchange admin API base URL must be an http(s) URL, got {base_url!r}")
+        super().__init__("Exchange admin API base URL", base_url, credential, EXCHANGE_SCOPE,
+                         timeout_s=timeout_s, transport=transport)  # fmt: skip
         if not tenant_id.strip():
             raise ValueError("the tenant id is required")
-        self._credential = credential
         self._path = f"/adminapi/beta/{quote(tenant_id.strip(), safe='')}/InvokeCommand"
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Accept": "application/json"},
-            timeout=httpx.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
-            transport=transport,
-            follow_redirects=False,  # a redirect would carry the bearer token elsewhere
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     async def members(self, role_group: str) -> Traced[frozenset[str]]:
         """The Entra object ids (lower case) of ``role_group``'s members, as Exchange lists them now.
@@ -180,14 +160,11 @@ class ExchangeRoleGroups:
 
     async def _token(self, client_request_id: str) -> str:
         try:
-            # get_token is synchronous (it may do HTTP on a cache miss): keep it off the event loop.
-            access = await asyncio.to_thread(self._credential.get_token, EXCHANGE_SCOPE)
+            return await self._access_token()
         except AzureError as error:
-            # The exception text is azure-identity's explanation; it never contains a token.
             raise self._no_answer(
                 client_request_id, "TokenUnavailable", f"no token for {EXCHANGE_SCOPE}: {error}"
             ) from None
-        return access.token
 
     def _no_answer(self, client_request_id: str, code: str, message: str) -> DirectoryError:
         """No HTTP answer: status 0, our own code (the call still names the client-request-id we sent)."""

@@ -18,17 +18,17 @@ retries by itself, and never logs the token.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
+
+from shared.bearer import BearerClient
 
 __all__ = [
     "ADAPTIVE_CARD_CONTENT_TYPE",
@@ -40,7 +40,6 @@ __all__ = [
 
 BOT_FRAMEWORK_SCOPE: Final = "https://api.botframework.com/.default"
 ADAPTIVE_CARD_CONTENT_TYPE: Final = "application/vnd.microsoft.card.adaptive"
-_CONNECT_TIMEOUT_S: Final = 5.0
 _MAX_ERROR_TEXT: Final = 300
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class BotConnectorError(RuntimeError):
         return self.status in (0, 412, 429) or self.status >= 500
 
 
-class BotConnector:
+class BotConnector(BearerClient):
     """One HTTP client for the Bot Connector at ``service_url``, as the bot ``bot_app_id`` of ``tenant_id``.
 
     ``credential`` must get tokens for the bot's own app registration (:data:`BOT_FRAMEWORK_SCOPE`).
@@ -97,31 +96,12 @@ class BotConnector:
         timeout_s: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not service_url.startswith(("https://", "http://")):
-            raise ValueError(f"the Bot Connector service URL must be an http(s) URL, got {service_url!r}")
+        super().__init__("Bot Connector service URL", service_url, credential, BOT_FRAMEWORK_SCOPE,
+                         timeout_s=timeout_s, transport=transport)  # fmt: skip
         if not bot_app_id or not tenant_id:
             raise ValueError("the bot app id and the tenant id are required")
-        self._credential = credential
         self._bot_app_id = bot_app_id
         self._tenant_id = tenant_id
-        self._client = httpx.AsyncClient(
-            base_url=service_url.rstrip("/"),
-            headers={"Accept": "application/json"},
-            timeout=httpx.Timeout(timeout_s, connect=min(_CONNECT_TIMEOUT_S, timeout_s)),
-            transport=transport,
-            follow_redirects=False,  # a redirect would carry the bearer token elsewhere
-        )
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     # -- operations ---------------------------------------------------------------------------------------
 
@@ -175,14 +155,11 @@ class BotConnector:
 
     async def _token(self, operation: str) -> str:
         try:
-            # get_token is synchronous (it may do HTTP on a cache miss): keep it off the event loop.
-            access = await asyncio.to_thread(self._credential.get_token, BOT_FRAMEWORK_SCOPE)
+            return await self._access_token()
         except AzureError as error:
-            # The exception text is azure-identity's explanation; it never contains a token.
             raise BotConnectorError(
                 0, "TokenUnavailable", f"no token for {BOT_FRAMEWORK_SCOPE}: {error}", operation=operation
             ) from None
-        return access.token
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any], operation: str) -> tuple[int, Any]:
         """Send one request; (status, JSON body or None). A status >= 400 raises BotConnectorError."""

@@ -1,13 +1,15 @@
 """Structured telemetry: one log line per audit row, for the Azure Monitor workbook and alert rules.
 
 Every step of the app is an audit row (a request's steps, the sweep's runs and removals, the security chain's
-rejections and breaker openings), and every row goes through ``AuditLedger.append``: the app's ledger
+rejections and breaker openings), and every row goes through the audit ledger: the app's ledger
 (shared.services) has :func:`observe` as its row observer, the one place that sees them all, once per row
-written (a retried write that finds its row stored emits nothing).
+written (a retried write that finds its row stored emits nothing). Coroutines write with
+``AuditLedger.append_async``, which tells the observer on the invocation's task (see its docstring).
 
 The line is ``pim.step {json}`` at INFO on the ``pim.telemetry`` logger. The Functions host forwards worker
-logs to Application Insights as ``traces`` with the text in ``message``; a JSON text parses the same way there
-and in the local devhost's logs, whatever the logging pipeline does with ``extra`` fields. The workbook and
+logs to Application Insights (the workspace's ``AppTraces``, the text in ``Message``); a JSON text parses
+the same way there and in the local devhost's logs, whatever the logging pipeline does with ``extra``
+fields. The workbook and
 alert queries (``infra/monitoring/``, loaded by ``infra/modules/workbook.bicep`` and ``alerts.bicep``) read
 it from the workspace's ``AppTraces`` table with ``parse_json(substring(Message, 9))``.
 
